@@ -1,0 +1,3 @@
+from .history import TrainingHistory
+from .report import ClassificationReport, OperatingPoint
+from .resume import KeyMetricState, ResumeFromLatest

@@ -1,0 +1,139 @@
+"""Per-run classification report: predictions CSV, metrics JSON, confusion-matrix and ROC plots, and the
+validation-picked decision threshold (`OperatingPoint`) that is saved with the checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from custom.io import atomic_path, write_json
+from custom.metrics import classification_metrics, select_threshold
+from custom.plots import plot_confusion_matrix, plot_roc_pr
+
+logger = logging.getLogger(__name__)
+
+
+class OperatingPoint:
+    """The decision threshold on the positive-class probability, chosen on validation; checkpointable."""
+
+    def __init__(self, threshold: float = 0.5, method: str = "fixed", positive_index: int = 1) -> None:
+        self.threshold, self.method, self.positive_index = float(threshold), method, positive_index
+
+    def state_dict(self) -> dict:
+        return {"threshold": self.threshold, "method": self.method, "positive_index": self.positive_index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.threshold, self.method = float(state["threshold"]), state["method"]
+        self.positive_index = int(state["positive_index"])
+
+
+class ClassificationReport:
+    """Collects an evaluator's per-image outputs and, at the end of each evaluation run, writes
+    `{prefix}_predictions.csv` (file, probability per class, predicted label[, true label]) and, where labels
+    exist, `{prefix}_metrics.json` plus PNG plots, and puts the scalar metrics in `engine.state.metrics` as
+    `{prefix}_{name}` (so StatsHandler, TensorBoard, early stopping and checkpointing can use them).
+
+    Expects decollated outputs with "pred" = (C,) class probabilities, "label" = class index or (C,) one-hot
+    (absent for unlabelled inference) and "image" = MetaTensor whose meta holds the file name.
+
+    Args:
+        output_dir: where the files go.
+        class_names: C names, index order.
+        prefix: file and metric prefix, e.g. "val" or "test".
+        operating_point: binary tasks decide with its threshold; None -> 0.5 (argmax for C > 2).
+        select_threshold: if set ("youden", "sensitivity", "fixed"), choose the threshold on this run's data and
+            store it in `operating_point` first (use on validation only, never on test).
+        target_sensitivity: for select_threshold="sensitivity".
+        plots: write the PNG plots.
+        predictions_filename: name of the predictions CSV (default `{prefix}_predictions.csv`).
+    """
+
+    def __init__(self, output_dir: str, class_names: list[str], prefix: str = "val",
+                 operating_point: OperatingPoint | None = None, select_threshold: str | None = None,
+                 target_sensitivity: float = 0.95, plots: bool = True, predictions_filename: str | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.prefix = prefix
+        self.operating_point = operating_point
+        self.select_threshold = select_threshold
+        self.target_sensitivity = target_sensitivity
+        self.plots = plots
+        self.predictions_filename = predictions_filename or f"{prefix}_predictions.csv"
+        self.result: dict = {}
+        self._reset()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
+
+    def _reset(self) -> None:
+        self.files, self.probs, self.labels = [], [], []
+
+    def _collect(self, engine: Engine) -> None:
+        for item in engine.state.output:
+            self.probs.append(item["pred"].detach().float().cpu().numpy().reshape(-1))
+            label = item.get("label")
+            if label is not None:
+                label = torch.as_tensor(label).detach().cpu().reshape(-1)
+                self.labels.append(int(label.argmax()) if label.numel() > 1 else int(label))
+            image = item.get("image")
+            meta = getattr(image, "meta", {}) if image is not None else {}
+            self.files.append(str(meta.get("filename_or_obj", "")))
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    def _complete(self, engine: Engine) -> None:
+        probs = np.stack(self.probs) if self.probs else np.zeros((0, len(self.class_names)))
+        labels = np.asarray(self.labels) if len(self.labels) == len(self.probs) and self.labels else None
+        op = self.operating_point
+        if self.select_threshold and self.binary and labels is not None and op is not None:
+            op.threshold = select_threshold(labels == op.positive_index, probs[:, op.positive_index],
+                                            self.select_threshold, self.target_sensitivity)
+            op.method = self.select_threshold
+        threshold = op.threshold if (op is not None and self.binary) else None
+        predicted = self.decide(probs, threshold)
+        self._write_predictions(probs, predicted, labels)
+        if labels is None:
+            self.result = {"n": len(probs)}
+            return
+        self.result = classification_metrics(labels, probs, self.class_names, threshold,
+                                             op.positive_index if op is not None else 1)
+        write_json(self.result, self.output_dir / f"{self.prefix}_metrics.json")
+        for name, value in self.result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                engine.state.metrics[f"{self.prefix}_{name}"] = value
+        if self.plots:
+            plot_confusion_matrix(self.result["confusion_matrix"], self.class_names,
+                                  self.output_dir / f"{self.prefix}_confusion_matrix.png", title=f"{self.prefix} confusion matrix")
+            if self.binary and len(np.unique(labels)) == 2:
+                positive = op.positive_index if op is not None else 1
+                plot_roc_pr(labels == positive, probs[:, positive], self.output_dir / f"{self.prefix}_roc.png", threshold)
+        logger.info("%s: %s", self.prefix, {k: round(v, 4) for k, v in self.result.items()
+                                             if isinstance(v, float) and not math.isnan(v)})
+
+    def decide(self, probs: np.ndarray, threshold: float | None) -> np.ndarray:
+        """(N, C) probabilities -> (N,) class indices: threshold on the positive class when binary, else argmax."""
+        if threshold is None or not self.binary:
+            return probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
+        positive = self.operating_point.positive_index
+        return np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+
+    def _write_predictions(self, probs: np.ndarray, predicted: np.ndarray, labels: np.ndarray | None) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        with atomic_path(self.output_dir / self.predictions_filename) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", *[f"prob_{n}" for n in self.class_names], "predicted_label"]
+                            + (["true_label"] if labels is not None else []))
+            for i, file in enumerate(self.files):
+                row = [file, *[f"{p:.6f}" for p in probs[i]], self.class_names[predicted[i]]]
+                writer.writerow(row + ([self.class_names[labels[i]]] if labels is not None else []))

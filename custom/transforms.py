@@ -1,0 +1,153 @@
+"""Loading and intensity transforms that turn any chest radiograph file into the tensor a network expects.
+
+Every reader here returns arrays in MONAI's PIL convention: spatial axes (W, H), i.e. the first spatial axis runs
+left-right, so JPEG, PNG, DICOM and NIfTI inputs of the same radiograph give the same tensor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+from monai.config import KeysCollection, PathLike
+from monai.data import ImageReader, MetaTensor
+from monai.data.image_reader import ITKReader, NibabelReader, PILReader
+from monai.transforms import LoadImage, MapTransform, Transform
+from monai.utils import ensure_tuple
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+
+
+class CXRDicomReader(ImageReader):
+    """Reads a single-frame projection radiograph (CR/DX) DICOM as presented to a radiologist.
+
+    Applies, in order: the modality LUT (RescaleSlope/Intercept), the VOI LUT or window centre/width when the file
+    has one, and inversion of MONOCHROME1 so that bone is always bright. Output: float32 array (W, H).
+    """
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return all(str(f).lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(f) for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs):
+        return [pydicom.dcmread(str(f), **kwargs) for f in ensure_tuple(data)]
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        arrays, meta = [], {}
+        for ds in img:  # a list: a pydicom Dataset is itself iterable
+            arrays.append(np.ascontiguousarray(dicom_to_array(ds).T))
+            meta = {
+                "spatial_shape": np.asarray(arrays[-1].shape),
+                "original_channel_dim": float("nan"),
+                "PhotometricInterpretation": str(ds.get("PhotometricInterpretation", "")),
+                "Modality": str(ds.get("Modality", "")),
+                "PixelSpacing": [float(v) for v in ds.get("PixelSpacing", ds.get("ImagerPixelSpacing", [1.0, 1.0]))],
+            }
+        return (np.stack(arrays) if len(arrays) > 1 else arrays[0]), meta
+
+
+def _has_dicom_preamble(path: PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_to_array(ds: pydicom.Dataset) -> np.ndarray:
+    """Presentation pixels of a radiograph DICOM: (rows, columns) float32, higher = more attenuating."""
+    if "PixelData" not in ds:
+        raise ValueError("DICOM has no pixel data (PixelData element missing)")
+    pixels = ds.pixel_array
+    if pixels.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
+        pixels = pixels[0]  # multi-frame: the first frame is the radiograph
+    if pixels.ndim == 3:  # RGB/YBR secondary capture
+        pixels = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return pixels
+    pixels = apply_modality_lut(pixels, ds)
+    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        pixels = apply_voi_lut(pixels, ds, prefer_lut=True)
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        pixels = pixels.max() + pixels.min() - pixels
+    return pixels
+
+
+def cxr_readers() -> list[ImageReader]:
+    """Readers for `LoadImage`, lowest priority first: ITK (anything), NIfTI, PIL (JPEG/PNG/BMP), radiograph DICOM."""
+    return [ITKReader(reverse_indexing=True), NibabelReader(), PILReader(), CXRDicomReader()]
+
+
+def to_single_channel(img: torch.Tensor) -> torch.Tensor:
+    """(C, W, H[, 1...]) with C in {1, 3, 4} -> (1, W, H): RGB(A) to luminance (ITU-R 601), alpha dropped."""
+    while img.ndim > 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim != 3:
+        raise ValueError(f"expected a 2D image with a channel axis, got shape {tuple(img.shape)}")
+    channels = img.shape[0]
+    if channels == 1:
+        return img
+    if channels in (3, 4):
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=img.device)
+        return (img[:3].float() * weights[:, None, None]).sum(0, keepdim=True)
+    if channels == 2:  # grey + alpha
+        return img[:1]
+    raise ValueError(f"unsupported number of channels: {channels}")
+
+
+class LoadCXR(Transform):
+    """Path -> (1, W, H) float32 `MetaTensor` from JPEG, PNG, DICOM, NIfTI or any ITK format.
+
+    Errors always name the file: a missing or empty file, a DICOM without pixel data, a corrupt or truncated image.
+    """
+
+    def __init__(self) -> None:
+        self.loader = LoadImage(reader=cxr_readers(), image_only=True, ensure_channel_first=True, dtype=np.float32)
+
+    def __call__(self, path: PathLike) -> MetaTensor:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: file not found")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path}: empty file (0 bytes)")
+        try:
+            img = self.loader(path)
+            out = to_single_channel(img)
+        except Exception as err:  # readers raise many types; report one clear message
+            raise ValueError(f"{path}: cannot read image: {_root_cause(err)}") from err
+        if not torch.isfinite(out).all():
+            raise ValueError(f"{path}: image contains NaN or infinite values")
+        if out.shape[1] < 8 or out.shape[2] < 8:
+            raise ValueError(f"{path}: image too small ({tuple(out.shape[1:])} pixels)")
+        return out if isinstance(out, MetaTensor) else MetaTensor(out, meta=img.meta)
+
+
+def _root_cause(err: BaseException) -> str:
+    """One line for the innermost error of a chain (LoadImage wraps each reader's error)."""
+    chain = []
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    if any("cannot find a suitable reader" in str(e) for e in chain):
+        return "not a readable image format (tried DICOM, JPEG/PNG, NIfTI and ITK readers)"
+    innermost = chain[-1]
+    return f"{type(innermost).__name__}: {str(innermost).splitlines()[0][:300]}"
+
+
+class LoadCXRd(MapTransform):
+    """Dictionary version of `LoadCXR`: replaces each key's path with a (1, W, H) float32 `MetaTensor`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadCXR()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+

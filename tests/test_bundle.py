@@ -1,0 +1,163 @@
+"""The bundle end to end through `python -m monai.bundle`: train (and resume), evaluate, infer, bad input, metadata.
+
+Runs on the embedded sample (real Kermany images) at 64 px so that the whole file takes a few minutes on 2 cores.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SAMPLE = ROOT / "data" / "sample"
+FAST = ["--image_size", "[64,64]", "--batch_size", "16"]
+
+
+def bundle(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def train(tmp: Path, *extra: str, epochs: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    return bundle("run", "training", "--config_file", "configs/train.json", "--output_dir", str(tmp / "train"),
+                  "--ckpt_dir", str(tmp / "models"), "--max_epochs", str(epochs), *FAST, *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Two real epochs of the main job (ResNet18, embedded sample), then resumed to a third."""
+    tmp = tmp_path_factory.mktemp("bundle")
+    train(tmp, epochs=2)
+    return tmp
+
+
+def test_training_writes_checkpoint_threshold_metrics_and_plots(trained):
+    checkpoint = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=False)
+    assert set(checkpoint) == {"model", "operating_point"}
+    assert checkpoint["operating_point"]["method"] == "youden"
+    assert 0.0 <= checkpoint["operating_point"]["threshold"] <= 1.0
+    history = json.loads((trained / "train" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    for key in ("train_loss", "train_accuracy", "val_accuracy", "val_roc_auc", "val_sensitivity", "val_specificity", "val_f1"):
+        assert all(0 <= h[key] < 10 for h in history), key
+    metrics = json.loads((trained / "train" / "val_metrics.json").read_text())
+    assert metrics["n"] == 41 and len(metrics["confusion_matrix"]) == 2
+    for name in ("class_distribution", "samples", "augmented", "training_curves"):
+        assert (trained / "train" / f"{name}.png").stat().st_size > 5000, name
+    assert list((trained / "train").glob("events.out.tfevents.*")), "TensorBoard log missing"
+
+
+def test_training_resumes_from_last_epoch(trained):
+    weights_before = torch.load(trained / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
+    result = train(trained, epochs=3)
+    assert "resumed from" in result.stdout + result.stderr
+    history = json.loads((trained / "train" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert (trained / "models" / "checkpoint_epoch=3.pt").exists()
+    assert weights_before["trainer"]["epoch"] == 2
+
+
+def test_evaluate_on_test_split(trained):
+    out = trained / "eval"
+    bundle("run", "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']",
+           "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), *FAST)
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    saved = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=False)
+    assert metrics["n"] == 60
+    assert metrics["threshold"] == pytest.approx(saved["operating_point"]["threshold"])
+    for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert sum(map(sum, metrics["confusion_matrix"])) == 60
+    rows = list(csv.DictReader(open(out / "test_predictions.csv")))
+    assert len(rows) == 60 and {r["true_label"] for r in rows} == {"NORMAL", "PNEUMONIA"}
+    assert (out / "test_roc.png").exists() and (out / "test_confusion_matrix.png").exists()
+
+
+def test_inference_predicts_good_files_and_lists_bad_ones(trained, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = sorted((SAMPLE / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
+    for p in images:
+        shutil.copy(p, folder / p.name)
+    shutil.copy(SHARED / "dicom_cxr" / "RG1_UNCI.dcm", folder / "chest.dcm")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "truncated.jpeg").write_bytes(images[0].read_bytes()[:600])
+    out = tmp_path / "out"
+    bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(folder), "--output_dir", str(out),
+           "--ckpt_path", str(trained / "models" / "model.pt"), *FAST)
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert sorted(Path(r["file"]).name for r in rows) == sorted([p.name for p in images] + ["chest.dcm"])
+    for r in rows:
+        assert float(r["prob_NORMAL"]) + float(r["prob_PNEUMONIA"]) == pytest.approx(1.0, abs=1e-4)
+        assert r["predicted_label"] in ("NORMAL", "PNEUMONIA")
+    bad = {Path(r["file"]).name: r["reason"] for r in csv.DictReader(open(out / "bad_files.csv"))}
+    assert set(bad) == {"notes.txt", "empty.png", "truncated.jpeg"}
+    assert "empty" in bad["empty.png"]
+
+
+def test_inference_fails_when_nothing_is_readable(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_text("garbage")
+    result = bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(folder),
+                    "--output_dir", str(tmp_path / "out"), check=False)
+    assert result.returncode != 0
+    assert "could be read" in result.stdout + result.stderr
+
+
+def test_training_checks_whole_datalist_before_starting(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    (data / "train" / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (data / "train" / "PNEUMONIA" / "empty.jpeg").write_bytes(b"")
+    result = train(tmp_path, "--dataset_dir", str(data), check=False)
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    assert "broken.jpeg" in log and "empty.jpeg" in log and "2 bad input(s)" in log
+    assert not (tmp_path / "models").exists(), "training must not start on a bad datalist"
+
+
+def test_unknown_label_folder_is_reported(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    (data / "train" / "COVID").mkdir()
+    result = train(tmp_path, "--dataset_dir", str(data), check=False)
+    assert result.returncode != 0 and "COVID" in result.stdout + result.stderr
+
+
+def test_three_class_training_small_cnn(tmp_path):
+    """normal / bacterial / viral from the Kermany file names, with the from-scratch CNN."""
+    small_cnn = "{'_target_': 'custom.networks.SmallCNN', 'in_channels': '@in_channels', 'num_classes': '@num_classes'}"
+    train(tmp_path, "--label_scheme", "three_class", "--network_def", small_cnn, "--make_plots", "false")
+    metrics = json.loads((tmp_path / "train" / "val_metrics.json").read_text())
+    assert metrics["class_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
+    assert len(metrics["confusion_matrix"]) == 3 and set(metrics["per_class"]) == {"NORMAL", "BACTERIAL", "VIRAL"}
+
+
+def test_metadata_and_network_io_verify():
+    bundle("verify_metadata", "--meta_file", "configs/metadata.json",
+           "--filepath", str(ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"))
+    bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json")
+
+
+def test_shipped_model_loads_into_inference_network():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(ROOT / "configs" / "inference.json")
+    parser["bundle_root"] = str(ROOT)
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=False)
+    net.load_state_dict(state["model"])
+    assert 0.0 < state["operating_point"]["threshold"] < 1.0
