@@ -64,7 +64,7 @@ def test_training_resumes_from_last_epoch(trained):
     history = json.loads((trained / "train" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert (trained / "models" / "checkpoint_epoch=3.pt").exists()
-    assert weights_before["trainer"]["epoch"] == 2
+    assert weights_before["trainer"]["iteration"] == 2 * weights_before["trainer"]["epoch_length"]
 
 
 def test_evaluate_on_test_split(trained):
