@@ -1,0 +1,230 @@
+"""On-disk cache of frozen MedSAM encoder feature maps, so a head trains in seconds per epoch instead of re-encoding.
+
+Stored per image: the (256, 64, 64) image embedding adaptive-average-pooled to (256, 8, 8), float16 (32 KiB of
+data, about 35 KB per file; the full map would be 2 MiB). Trade-off: average pooling is exact (the mean of the 8x8
+grid is the mean of the 64x64 map); max and attention pooling see 64 means of 8x8 patches instead of 4096 positions,
+so they lose fine localisation; float16 keeps about 3 significant digits. `custom.heads.MedSAMClassifier`
+(map_size=8) pools the same way, so a head trained on the cache runs unchanged on images.
+
+Layout: ``cache_dir/<key[:2]>/<key>.pt``, one ``torch.save`` file per image holding ``{"key", "embedding",
+"sha256", "source"}``, written to a temp file beside it and moved into place with ``os.replace``. An entry counts as
+a hit only if it loads (``weights_only``), names its own key and its embedding has the stored sha256; otherwise it is
+logged and recomputed. Temp files (``.<key>.pt.*.tmp``) left by an interrupted run are never read; they can be
+deleted when no run is writing.
+
+Key: sha256 over the image file's bytes, the encoder variant, the weights fingerprint, the preprocessing (size,
+keep_aspect, map_size) and the cache format version; changing any of them gives new entries (old ones stay on disk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.engines.utils import PrepareBatch
+from torch import nn
+from tqdm import tqdm
+
+from custom.encoders import EMBED_DIM, encoder_preprocess, weights_fingerprint
+from custom.heads import POOLED_MAP_SIZE
+from custom.io import atomic_path
+from custom.transforms import LoadCXR
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Image -> cached map: ``encoder_preprocess(image, size, keep_aspect)`` (pixels), encoder, then the
+    (256, 64, 64) embedding adaptive-average-pooled to (256, map_size, map_size)."""
+
+    size: int
+    keep_aspect: bool
+    map_size: int = POOLED_MAP_SIZE
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+class EmbeddingCache:
+    """Embeddings of one frozen encoder + preprocessing, cached under `cache_dir`.
+
+    Args:
+        cache_dir: folder of the cache (created on the first write); several encoders/preprocessings can share it.
+        encoder: a `custom.encoders` encoder (or any module with ``input_size``, ``variant``, ``keep_aspect`` and
+            ``weights_sha256``), (B, 3, S, S) -> (B, 256, 64, 64). Moved to `device` and eval mode when computing.
+        variant: encoder name in the key; None = ``encoder.variant``.
+        preprocess_desc: `Preprocessing` or a mapping of its fields; None = ``encoder.input_size`` and
+            ``encoder.keep_aspect`` (the MedSAM pipeline of that encoder), map_size 8.
+
+    Counters (cumulative): ``hits`` / ``misses``: distinct entries found on disk / not found (then computed, or
+    failed: unreadable images are retried on every call); ``corrupt``: bad entries found (they count as misses).
+    ``failed`` maps each path of the latest `get_or_compute` call that produced no embedding to the reason.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, encoder: nn.Module, variant: str | None = None,
+                 preprocess_desc: Preprocessing | Mapping | None = None):
+        self.cache_dir = Path(cache_dir)
+        self.encoder = encoder
+        self.variant = variant or encoder.variant
+        if preprocess_desc is None:
+            preprocess_desc = Preprocessing(encoder.input_size, encoder.keep_aspect)
+        elif isinstance(preprocess_desc, Mapping):
+            preprocess_desc = Preprocessing(**preprocess_desc)
+        if preprocess_desc.size != encoder.input_size:
+            raise ValueError(f"preprocessing size {preprocess_desc.size} != encoder input size {encoder.input_size}")
+        self.preprocessing = preprocess_desc
+        self.fingerprint = weights_fingerprint(encoder)
+        self._key_prefix = json.dumps({"version": CACHE_VERSION, "variant": self.variant, "weights": self.fingerprint,
+                                       "preprocessing": asdict(preprocess_desc)}, sort_keys=True).encode()
+        self.loader = LoadCXR()
+        self.hits = self.misses = self.corrupt = 0
+        self.failed: dict[str, str] = {}
+
+    @property
+    def entry_shape(self) -> tuple[int, int, int]:
+        return (EMBED_DIM, self.preprocessing.map_size, self.preprocessing.map_size)
+
+    def key(self, path: str | os.PathLike) -> str:
+        """Hex sha256 of (encoder variant, weights fingerprint, preprocessing, format version, the file's bytes)."""
+        digest = hashlib.sha256(self._key_prefix + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def entry_path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.pt"
+
+    def get(self, path: str | os.PathLike) -> torch.Tensor | None:
+        """The cached (256, m, m) float16 map of `path`, or None when absent or corrupt; never computes."""
+        return self._read(self.key(path))
+
+    def get_or_compute(self, paths: Sequence[str | os.PathLike], batch_size: int = 8,
+                       device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
+        """(N, 256, m, m) float16 maps (CPU; m = map_size, 8) of `paths` in order, computing and storing missing ones.
+
+        Unreadable images are skipped, not fatal: N counts the paths that are not in ``self.failed`` afterwards
+        (path -> reason, also logged). Images with the same bytes share one entry and are encoded once.
+        """
+        self.failed = {}
+        order, found, todo = [], {}, {}  # order: (path, key) of the readable paths, in input order
+        for path in map(os.fspath, paths):
+            try:
+                key = self.key(path)
+            except OSError as err:
+                self.failed[path] = f"{path}: cannot read file: {err.strerror or err}"
+                continue
+            order.append((path, key))
+            if key in found or key in todo:
+                continue
+            embedding = self._read(key)
+            if embedding is None:
+                todo[key] = path
+            else:
+                found[key] = embedding
+        self.hits += len(found)
+        self.misses += len(todo)
+        errors = self._compute(todo, found, batch_size, device, progress) if todo else {}
+        rows = []
+        for path, key in order:
+            if key in found:
+                rows.append(found[key])
+            else:
+                self.failed[path] = errors[key]
+        for reason in self.failed.values():
+            logger.warning("embedding skipped: %s", reason)
+        return torch.stack(rows) if rows else torch.empty((0, *self.entry_shape), dtype=torch.float16)
+
+    def _compute(self, todo: dict[str, str], found: dict[str, torch.Tensor], batch_size: int,
+                 device: str | torch.device, progress: bool) -> dict[str, str]:
+        """Encodes `todo` (key -> path) in batches into `found` and onto disk; returns key -> reason for failures."""
+        encoder = self.encoder.to(device).eval()
+        size, keep_aspect = self.preprocessing.size, self.preprocessing.keep_aspect
+        items, errors = list(todo.items()), {}
+        with tqdm(total=len(items), desc=f"{self.variant} embeddings", unit="img", disable=not progress) as bar:
+            for start in range(0, len(items), batch_size):
+                batch, images, ok = items[start:start + batch_size], [], []
+                for key, path in batch:
+                    try:
+                        images.append(encoder_preprocess(self.loader(path), size, keep_aspect))
+                        ok.append((key, path))
+                    except Exception as err:  # LoadCXR names the file and the cause; skip this image only
+                        errors[key] = str(err)
+                if images:
+                    with torch.no_grad():
+                        maps = encoder(torch.stack(images).to(device))
+                        maps = F.adaptive_avg_pool2d(maps.float(), self.preprocessing.map_size).to("cpu", torch.float16)
+                    for (key, path), embedding in zip(ok, maps):
+                        if not torch.isfinite(embedding).all():
+                            errors[key] = f"{path}: encoder output is not finite"
+                            continue
+                        found[key] = embedding.clone()  # own storage: torch.save would write the whole batch
+                        self._write(key, found[key], path)
+                bar.update(len(batch))
+        return errors
+
+    def _write(self, key: str, embedding: torch.Tensor, source: str) -> None:
+        entry = {"key": key, "embedding": embedding, "sha256": _tensor_sha256(embedding), "source": source}
+        with atomic_path(self.entry_path(key)) as tmp:
+            torch.save(entry, tmp)
+
+    def _read(self, key: str) -> torch.Tensor | None:
+        file = self.entry_path(key)
+        if not file.is_file():
+            return None
+        try:
+            entry = torch.load(file, map_location="cpu", weights_only=True)
+            embedding = entry["embedding"]
+            if entry["key"] != key:
+                problem = f"entry is for key {entry['key']}"
+            elif embedding.dtype != torch.float16 or tuple(embedding.shape) != self.entry_shape:
+                problem = f"embedding {embedding.dtype} {tuple(embedding.shape)}, expected float16 {self.entry_shape}"
+            elif _tensor_sha256(embedding) != entry["sha256"]:
+                problem = "embedding sha256 mismatch"
+            else:
+                return embedding
+        except Exception as err:  # truncated zip, unpickling error, wrong types: all mean "recompute"
+            problem = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        logger.warning("corrupt embedding cache entry %s (%s): treated as missing", file, problem)
+        self.corrupt += 1
+        return None
+
+
+def cached_embedding_datalist(items: Sequence[Mapping], cache: EmbeddingCache, image_key: str = "image",
+                              batch_size: int = 8, device: str | torch.device = "cpu",
+                              progress: bool = True) -> list[dict]:
+    """MONAI datalist items -> copies with ``"embedding"``: the (256, 8, 8) float16 map of ``item[image_key]``.
+
+    Every other field (label, class_name, patient_id, ...) is kept. Items whose image cannot be embedded are dropped
+    and logged (``cache.failed`` says why). Train with `EmbeddingClassifier` and
+    ``prepare_batch=PrepareEmbeddingBatch()``.
+    """
+    embeddings = cache.get_or_compute([item[image_key] for item in items], batch_size, device, progress)
+    kept = [item for item in items if os.fspath(item[image_key]) not in cache.failed]
+    if len(kept) < len(items):
+        logger.warning("%d of %d items dropped: no embedding", len(items) - len(kept), len(items))
+    return [{**item, "embedding": embedding} for item, embedding in zip(kept, embeddings)]
+
+
+class PrepareEmbeddingBatch(PrepareBatch):
+    """``prepare_batch`` for MONAI's SupervisedTrainer / SupervisedEvaluator (whose default reads ``"image"``):
+    returns ``(batch[image_key], batch[label_key])`` on `device`."""
+
+    def __init__(self, image_key: str = "embedding", label_key: str = "label"):
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(self, batchdata, device=None, non_blocking: bool = False, **kwargs):
+        return (batchdata[self.image_key].to(device=device, non_blocking=non_blocking, **kwargs),
+                batchdata[self.label_key].to(device=device, non_blocking=non_blocking, **kwargs))

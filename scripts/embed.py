@@ -1,0 +1,56 @@
+"""Precompute the frozen MedSAM encoder embedding cache for a datalist and print hits / misses / failures per split.
+
+Example (from the repo root):
+    python scripts/embed.py --datalist datalists/kermany.json --cache_dir runs/embeddings --variant lite
+    python scripts/embed.py --datalist datalists/kermany.json --variant vit_b --checkpoint medsam_vit_b.pth \
+        --device cuda --splits training,validation
+"""
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import fire  # noqa: E402
+import torch  # noqa: E402
+
+from custom.data.datalists import SPLITS, load_datalist  # noqa: E402
+from custom.embedding_cache import EmbeddingCache, Preprocessing  # noqa: E402
+from custom.encoders import build_encoder  # noqa: E402
+
+
+def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite", checkpoint: str | None = None,
+         device: str | None = None, splits="training,validation,test", base_dir: str | None = None,
+         keep_aspect: bool | None = None, batch_size: int = 8, progress: bool = True) -> None:
+    """Fill `cache_dir` for the items of `splits` (comma-separated) of the datalist JSON `datalist`.
+
+    variant: "lite" (packaged LiteMedSAM) or "vit_b" (needs --checkpoint medsam_vit_b.pth). device: default cuda
+    when available. keep_aspect: default the encoder's MedSAM pipeline (lite: pad, vit_b: plain resize).
+    """
+    names = splits.split(",") if isinstance(splits, str) else list(splits)
+    unknown = [s for s in names if s not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
+    data = load_datalist(datalist, base_dir=base_dir)
+    encoder = build_encoder(variant, checkpoint)
+    keep_aspect = encoder.keep_aspect if keep_aspect is None else keep_aspect
+    cache = EmbeddingCache(cache_dir, encoder, variant, Preprocessing(encoder.input_size, keep_aspect))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    summary = {"cache_dir": str(Path(cache_dir).resolve()), "variant": variant, "weights_sha256": cache.fingerprint,
+               "preprocessing": asdict(cache.preprocessing), "splits": {}}
+    for name in names:
+        items = data.get(name) or []
+        hits, misses = cache.hits, cache.misses
+        cache.get_or_compute([item["image"] for item in items], batch_size, device, progress)
+        summary["splits"][name] = {"images": len(items), "hits": cache.hits - hits, "misses": cache.misses - misses,
+                                   "failed": len(cache.failed), "failures": cache.failed}
+    summary["corrupt_entries_recomputed"] = cache.corrupt
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

