@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(images: str = "data/sample/test", config: str = "configs/inference.json", ckpt_path: str = "models/model.pt",
-         batch_sizes=(1, 32), limit: int = 256, repeats: int = 3) -> dict:
+         batch_sizes=(1, 32), limit: int = 256, repeats: int = 3) -> None:
     from monai.bundle import ConfigParser
 
     from custom.data import inference_items
@@ -55,7 +55,6 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
                 best = min(best, time.perf_counter() - start)
             result[f"forward_images_per_s_batch{bs}"] = round(len(batch) / best, 1)
     print(json.dumps(result))
-    return result
 
 
 if __name__ == "__main__":

@@ -81,6 +81,11 @@ def test_evaluate_on_test_split(trained):
     rows = list(csv.DictReader(open(out / "test_predictions.csv")))
     assert len(rows) == 60 and {r["true_label"] for r in rows} == {"NORMAL", "PNEUMONIA"}
     assert (out / "test_roc.png").exists() and (out / "test_confusion_matrix.png").exists()
+    rerun = subprocess.run([sys.executable, "scripts/report.py", "--predictions", str(out / "test_predictions.csv"),
+                            "--threshold", str(metrics["threshold"])], cwd=ROOT, capture_output=True, text=True, check=True)
+    again = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert again["confusion_matrix"] == metrics["confusion_matrix"]
+    assert again["roc_auc"] == pytest.approx(metrics["roc_auc"], abs=1e-5)
 
 
 def test_inference_predicts_good_files_and_lists_bad_ones(trained, tmp_path):
@@ -161,3 +166,28 @@ def test_shipped_model_loads_into_inference_network():
     state = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=False)
     net.load_state_dict(state["model"])
     assert 0.0 < state["operating_point"]["threshold"] < 1.0
+
+
+def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
+    """LiteMedSAM (real weights) embeds 10 real images once; the MLP head trains from the cache."""
+    from custom.data.datalists import build_kermany, write_datalist
+
+    full = build_kermany(SAMPLE, val_fraction=0.15, seed=0)
+    small = {"class_names": full["class_names"], "test": [],
+             "training": [it for c in (0, 1) for it in [i for i in full["training"] if i["label"] == c][:3]],
+             "validation": [it for c in (0, 1) for it in [i for i in full["validation"] if i["label"] == c][:2]]}
+    write_datalist(small, tmp_path / "datalist.json")
+    args = ("--config_file", "['configs/train.json','configs/train_medsam_frozen.json']",
+            "--datalist_file", str(tmp_path / "datalist.json"), "--cache_dir", str(tmp_path / "cache"),
+            "--make_plots", "false", "--batch_size", "4", "--resume", "false")
+    bundle("run", "training", *args, "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"),
+           "--max_epochs", "3")
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 10
+    history = json.loads((tmp_path / "train" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["val_n"] == 4
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=False)["model"]
+    assert any(k.startswith("head.") or ".head." in k for k in state), list(state)[:5]
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}
+    bundle("run", "training", *args, "--output_dir", str(tmp_path / "train2"), "--ckpt_dir", str(tmp_path / "models2"),
+           "--max_epochs", "1")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == mtimes, "cache entries recomputed"

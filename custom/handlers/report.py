@@ -84,9 +84,8 @@ class ClassificationReport:
             if label is not None:
                 label = torch.as_tensor(label).detach().cpu().reshape(-1)
                 self.labels.append(int(label.argmax()) if label.numel() > 1 else int(label))
-            image = item.get("image")
-            meta = getattr(image, "meta", {}) if image is not None else {}
-            self.files.append(str(meta.get("filename_or_obj", "")))
+            image = item.get("image")  # a loaded MetaTensor, or the path itself when training from cached embeddings
+            self.files.append(image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", "")))
 
     @property
     def binary(self) -> bool:
