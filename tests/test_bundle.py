@@ -144,7 +144,11 @@ def test_unknown_label_folder_is_reported(tmp_path):
 def test_three_class_training_small_cnn(tmp_path):
     """normal / bacterial / viral from the Kermany file names, with the from-scratch CNN."""
     small_cnn = "{'_target_': 'custom.networks.SmallCNN', 'in_channels': '@in_channels', 'num_classes': '@num_classes'}"
-    train(tmp_path, "--label_scheme", "three_class", "--network_def", small_cnn, "--make_plots", "false")
+    result = train(tmp_path, "--label_scheme", "three_class", "--network_def", small_cnn, "--make_plots", "false",
+                   "--optimizer#_target_", "torch.optim.NAdam", "--progress_bar", "true")
+    optimizer_state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=False)["optimizer"]["state"]
+    assert "mu_product" in optimizer_state[0], "NAdam state expected"
+    assert "100%" in result.stderr, "progress bar expected"
     metrics = json.loads((tmp_path / "train" / "val_metrics.json").read_text())
     assert metrics["class_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]
     assert len(metrics["confusion_matrix"]) == 3 and set(metrics["per_class"]) == {"NORMAL", "BACTERIAL", "VIRAL"}
@@ -191,3 +195,22 @@ def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
     bundle("run", "training", *args, "--output_dir", str(tmp_path / "train2"), "--ckpt_dir", str(tmp_path / "models2"),
            "--max_epochs", "1")
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == mtimes, "cache entries recomputed"
+
+
+def test_ckpt_export_torchscript_matches_eager(tmp_path):
+    """`monai.bundle ckpt_export` of the shipped model; TorchScript and eager agree on real images."""
+    from monai.bundle import ConfigParser
+
+    bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file", "models/model.pt",
+           "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--key_in_ckpt", "model")
+    parser = ConfigParser()
+    parser.read_config(ROOT / "configs" / "inference.json")
+    parser["bundle_root"] = str(ROOT)
+    net = parser.get_parsed_content("network_def").eval()
+    net.load_state_dict(torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=False)["model"])
+    preprocessing = parser.get_parsed_content("preprocessing")
+    images = sorted((SAMPLE / "test" / "PNEUMONIA").glob("*.jpeg"))[:2] + sorted((SAMPLE / "test" / "NORMAL").glob("*.jpeg"))[:2]
+    batch = torch.stack([preprocessing({"image": str(p)})["image"].as_tensor() for p in images])
+    scripted = torch.jit.load(str(tmp_path / "model.ts")).eval()
+    with torch.no_grad():
+        assert (scripted(batch) - net(batch)).abs().max() < 1e-4
