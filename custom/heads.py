@@ -141,3 +141,11 @@ class MedSAMClassifier(nn.Module):
             if self.map_size is not None:
                 features = F.adaptive_avg_pool2d(features, self.map_size)
         return self.classifier(features)
+
+
+def finetune_param_groups(model: MedSAMClassifier, encoder_lr: float, head_lr: float) -> list[dict]:
+    """Optimizer parameter groups for fine-tuning: the encoder at a lower learning rate than the pooling + head."""
+    return [
+        {"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": encoder_lr},
+        {"params": [p for p in model.classifier.parameters() if p.requires_grad], "lr": head_lr},
+    ]

@@ -214,3 +214,25 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path):
     scripted = torch.jit.load(str(tmp_path / "model.ts")).eval()
     with torch.no_grad():
         assert (scripted(batch) - net(batch)).abs().max() < 1e-4
+
+
+def test_medsam_finetune_trains_encoder_and_head(tmp_path):
+    """Mode 2: LiteMedSAM (real weights) and the head trained together, encoder at the lower learning rate."""
+    from custom.data.datalists import build_kermany, write_datalist
+    from custom.encoders import build_encoder
+
+    full = build_kermany(SAMPLE, val_fraction=0.15, seed=0)
+    small = {"class_names": full["class_names"], "test": [],
+             "training": [it for c in (0, 1) for it in [i for i in full["training"] if i["label"] == c][:2]],
+             "validation": [it for c in (0, 1) for it in [i for i in full["validation"] if i["label"] == c][:1]]}
+    write_datalist(small, tmp_path / "datalist.json")
+    bundle("run", "training", "--config_file", "['configs/train.json','configs/train_medsam_finetune.json']",
+           "--datalist_file", str(tmp_path / "datalist.json"), "--output_dir", str(tmp_path / "train"),
+           "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", "--batch_size", "2", "--make_plots", "false")
+    checkpoint = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    assert [g["initial_lr"] for g in checkpoint["optimizer"]["param_groups"]] == pytest.approx([3e-5, 3e-4])
+    trained = checkpoint["model"]
+    original = build_encoder("lite").state_dict()
+    changed = [k for k, v in original.items() if not torch.equal(v, trained[f"encoder.{k}"])]
+    assert changed, "the encoder must be updated when fine-tuning"
+    assert any(k.startswith("classifier.head.") for k in trained)
