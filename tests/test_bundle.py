@@ -33,6 +33,16 @@ def train(tmp: Path, *extra: str, epochs: int = 1, check: bool = True) -> subpro
                   "--ckpt_dir", str(tmp / "models"), "--max_epochs", str(epochs), *FAST, *extra, check=check)
 
 
+def tiny_datalist(path: Path, train_per_class: int, val_per_class: int) -> None:
+    """A datalist JSON of the first few sample images per class (for the slow MedSAM encoder on CPU)."""
+    from custom.data.datalists import build_kermany, write_datalist
+
+    full = build_kermany(SAMPLE, val_fraction=0.15, seed=0)
+    first = lambda split, n: [it for c in (0, 1) for it in [i for i in full[split] if i["label"] == c][:n]]  # noqa: E731
+    write_datalist({"class_names": full["class_names"], "test": [], "training": first("training", train_per_class),
+                    "validation": first("validation", val_per_class)}, path)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """Two real epochs of the main job (ResNet18, embedded sample), then resumed to a third."""
@@ -174,13 +184,7 @@ def test_shipped_model_loads_into_inference_network():
 
 def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
     """LiteMedSAM (real weights) embeds 10 real images once; the MLP head trains from the cache."""
-    from custom.data.datalists import build_kermany, write_datalist
-
-    full = build_kermany(SAMPLE, val_fraction=0.15, seed=0)
-    small = {"class_names": full["class_names"], "test": [],
-             "training": [it for c in (0, 1) for it in [i for i in full["training"] if i["label"] == c][:3]],
-             "validation": [it for c in (0, 1) for it in [i for i in full["validation"] if i["label"] == c][:2]]}
-    write_datalist(small, tmp_path / "datalist.json")
+    tiny_datalist(tmp_path / "datalist.json", train_per_class=3, val_per_class=2)
     args = ("--config_file", "['configs/train.json','configs/train_medsam_frozen.json']",
             "--datalist_file", str(tmp_path / "datalist.json"), "--cache_dir", str(tmp_path / "cache"),
             "--make_plots", "false", "--batch_size", "4", "--resume", "false")
@@ -218,14 +222,9 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path):
 
 def test_medsam_finetune_trains_encoder_and_head(tmp_path):
     """Mode 2: LiteMedSAM (real weights) and the head trained together, encoder at the lower learning rate."""
-    from custom.data.datalists import build_kermany, write_datalist
     from custom.encoders import build_encoder
 
-    full = build_kermany(SAMPLE, val_fraction=0.15, seed=0)
-    small = {"class_names": full["class_names"], "test": [],
-             "training": [it for c in (0, 1) for it in [i for i in full["training"] if i["label"] == c][:2]],
-             "validation": [it for c in (0, 1) for it in [i for i in full["validation"] if i["label"] == c][:1]]}
-    write_datalist(small, tmp_path / "datalist.json")
+    tiny_datalist(tmp_path / "datalist.json", train_per_class=2, val_per_class=1)
     bundle("run", "training", "--config_file", "['configs/train.json','configs/train_medsam_finetune.json']",
            "--datalist_file", str(tmp_path / "datalist.json"), "--output_dir", str(tmp_path / "train"),
            "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", "--batch_size", "2", "--make_plots", "false")
@@ -236,3 +235,17 @@ def test_medsam_finetune_trains_encoder_and_head(tmp_path):
     changed = [k for k, v in original.items() if not torch.equal(v, trained[f"encoder.{k}"])]
     assert changed, "the encoder must be updated when fine-tuning"
     assert any(k.startswith("classifier.head.") for k in trained)
+
+
+def test_benchmark_script_aggregates_seeds_and_resumes(tmp_path):
+    args = [sys.executable, "scripts/benchmark_cnn.py", "--dataset_dir", str(SAMPLE), "--models", "small_cnn",
+            "--seeds", "0,1", "--max_epochs", "1", "--output_dir", str(tmp_path),
+            "--extra=--image_size [64,64] --make_plots false"]
+    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    runs = [summary["runs"][f"small_cnn/seed{s}"] for s in (0, 1)]
+    stats = summary["models"]["small_cnn"]
+    assert stats["accuracy"]["mean"] == pytest.approx((runs[0]["accuracy"] + runs[1]["accuracy"]) / 2)
+    assert stats["roc_auc"]["std"] == pytest.approx(abs(runs[0]["roc_auc"] - runs[1]["roc_auc"]) / 2 ** 0.5)
+    again = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    assert "| small_cnn | 2 |" in again.stdout and "Epoch" not in again.stderr, "finished runs must be reused"
