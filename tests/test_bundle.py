@@ -199,6 +199,15 @@ def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
     bundle("run", "training", *args, "--output_dir", str(tmp_path / "train2"), "--ckpt_dir", str(tmp_path / "models2"),
            "--max_epochs", "1")
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")} == mtimes, "cache entries recomputed"
+    # the cache-trained head runs on images behind the encoder (MedSAMClassifier) through the inference config
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in sorted((SAMPLE / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]:
+        shutil.copy(p, folder / p.name)
+    bundle("run", "--config_file", "['configs/inference.json','configs/inference_medsam.json']", "--dataset_dir", str(folder),
+           "--output_dir", str(tmp_path / "inference"), "--ckpt_path", str(tmp_path / "models" / "model.pt"))
+    rows = list(csv.DictReader(open(tmp_path / "inference" / "predictions.csv")))
+    assert len(rows) == 2 and all(0.0 <= float(r["prob_PNEUMONIA"]) <= 1.0 for r in rows)
 
 
 def test_ckpt_export_torchscript_matches_eager(tmp_path):
