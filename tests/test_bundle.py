@@ -193,6 +193,8 @@ def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 10
     history = json.loads((tmp_path / "train" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3] and history[-1]["val_n"] == 4
+    files = [r["file"] for r in csv.DictReader(open(tmp_path / "train" / "val_predictions.csv"))]
+    assert sorted(files) == sorted(it["image"] for it in json.loads((tmp_path / "datalist.json").read_text())["validation"])
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=False)["model"]
     assert any(k.startswith("head.") or ".head." in k for k in state), list(state)[:5]
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.pt")}

@@ -40,8 +40,9 @@ class ClassificationReport:
     exist, `{prefix}_metrics.json` plus PNG plots, and puts the scalar metrics in `engine.state.metrics` as
     `{prefix}_{name}` (so StatsHandler, TensorBoard, early stopping and checkpointing can use them).
 
-    Expects decollated outputs with "pred" = (C,) class probabilities, "label" = class index or (C,) one-hot
-    (absent for unlabelled inference) and "image" = MetaTensor whose meta holds the file name.
+    Expects decollated outputs with "pred" = (C,) class probabilities and "label" = class index or (C,) one-hot
+    (absent for unlabelled inference); the file name comes from the decollated batch's "image" (a MetaTensor's
+    meta, or the path string itself when the network input is a cached embedding).
 
     Args:
         output_dir: where the files go.
@@ -78,13 +79,13 @@ class ClassificationReport:
         self.files, self.probs, self.labels = [], [], []
 
     def _collect(self, engine: Engine) -> None:
-        for item in engine.state.output:
+        for item, source in zip(engine.state.output, engine.state.batch):
             self.probs.append(item["pred"].detach().float().cpu().numpy().reshape(-1))
             label = item.get("label")
             if label is not None:
                 label = torch.as_tensor(label).detach().cpu().reshape(-1)
                 self.labels.append(int(label.argmax()) if label.numel() > 1 else int(label))
-            image = item.get("image")  # a loaded MetaTensor, or the path itself when training from cached embeddings
+            image = source.get("image")  # a loaded MetaTensor, or the path itself when the input is a cached embedding
             self.files.append(image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", "")))
 
     @property
