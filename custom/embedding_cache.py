@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from custom.encoders import EMBED_DIM, encoder_preprocess, weights_fingerprint
 from custom.heads import POOLED_MAP_SIZE
-from custom.io import atomic_path
+from custom.io import atomic_path, file_sha256
 from custom.transforms import LoadCXR
 
 logger = logging.getLogger(__name__)
@@ -97,11 +97,7 @@ class EmbeddingCache:
 
     def key(self, path: str | os.PathLike) -> str:
         """Hex sha256 of (encoder variant, weights fingerprint, preprocessing, format version, the file's bytes)."""
-        digest = hashlib.sha256(self._key_prefix + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_sha256(path, prefix=self._key_prefix + b"\0")
 
     def entry_path(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.pt"

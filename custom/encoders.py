@@ -8,7 +8,6 @@ resize to 256 px with zero padding at the bottom/right (LiteMedSAM). `encoder_pr
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -20,18 +19,11 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 from torch import nn
 
+from custom.io import file_sha256
+
 EMBED_DIM = 256
 FEATURE_SIZE = 64
 MEDSAM_VIT_B_SOURCE = "https://github.com/bowang-lab/MedSAM"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def minmax01(x: torch.Tensor) -> torch.Tensor:
