@@ -1,0 +1,146 @@
+"""Lung segmentation of chest radiographs: paired datalist, the UNet, inference with postprocessing, overlay plots.
+
+Images are (1, W, H) tensors in [0, 1] in MONAI's PIL axis convention (see `custom.transforms`); masks are (1, W, H)
+bool tensors, True = lung. The network sees the image resized to `SEG_SIZE` (128 x 128 px, aspect ratio not kept;
+chosen so that training fits in ~15 min on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import UNet
+from monai.transforms import FillHoles, KeepLargestConnectedComponent
+from monai.utils import convert_to_tensor
+
+from custom.data.datalists import _image_files
+
+SEG_SIZE = (128, 128)
+UNET_CHANNELS = (16, 32, 64, 128, 256)
+UNET_STRIDES = (2, 2, 2, 2)
+
+# Suffixes that mark sub-panels / time points of one published figure (same patient): stripped to form split groups.
+_PANEL_SUFFIX = re.compile(
+    r"(-main\.pdf-.*|_HTML\.webp-.*|-day\d+|-[a-f]\d?|-(left|right|PA|l)|_f\d+[a-z]?|-g\d+|\.fig\d+[a-z]?|_lrg|-fig-\d+-m)$",
+    re.IGNORECASE,
+)
+
+
+def build_lung_unet(channels: Sequence[int] = UNET_CHANNELS, strides: Sequence[int] = UNET_STRIDES,
+                    num_res_units: int = 1, dropout: float = 0.1) -> UNet:
+    """2D MONAI UNet, (B, 1, 128, 128) image in [0, 1] -> (B, 2, 128, 128) logits (background, lung)."""
+    return UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=tuple(channels), strides=tuple(strides),
+                num_res_units=num_res_units, dropout=dropout)
+
+
+def figure_group(stem: str) -> str:
+    """Group key of a lung-mask image: sub-panels a/b/c, days and sides of one figure share a key."""
+    key = re.sub(r"^auntminnie-[a-z]-", "auntminnie-", stem)
+    while (shorter := _PANEL_SUFFIX.sub("", key)) != key:
+        key = shorter
+    return key
+
+
+def lung_mask_pairs(root: str | os.PathLike) -> list[dict]:
+    """All ``{"image", "label", "group"}`` pairs under ``root/<source>/{images,masks}/`` (mask = same stem, .png).
+
+    Raises a `FileNotFoundError` naming the folder when it holds no pair, and the image when its mask is missing.
+    """
+    root = Path(root)
+    sources = sorted(p for p in root.glob("*/images") if p.is_dir())
+    if not sources:
+        raise FileNotFoundError(f"{root}: no <source>/images folder with lung-mask pairs")
+    pairs = []
+    for images in sources:
+        for image in _image_files(images):
+            mask = images.parent / "masks" / f"{image.stem}.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"{image}: mask not found (expected {mask})")
+            pairs.append({"image": str(image.resolve()), "label": str(mask.resolve()),
+                          "group": f"{images.parent.name}/{figure_group(image.stem)}"})
+    return pairs
+
+
+def split_lung_pairs(root: str | os.PathLike, num_holdout: int = 15, seed: int = 0) -> dict[str, list[dict]]:
+    """Seeded split into ``{"training", "validation"}`` (validation = the held-out pairs, never trained on).
+
+    Whole figure groups go to one side, so sub-panels of one patient never straddle the split; the held-out part
+    has at least ``num_holdout`` pairs.
+    """
+    pairs = lung_mask_pairs(root)
+    groups = defaultdict(list)
+    for pair in pairs:
+        groups[pair["group"]].append(pair)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    holdout = []
+    while len(holdout) < num_holdout and keys:
+        holdout += groups[keys.pop()]
+    if not keys:
+        raise ValueError(f"{root}: only {len(pairs)} pairs, cannot hold out {num_holdout} and still train")
+    return {"training": [p for k in sorted(keys) for p in groups[k]], "validation": holdout}
+
+
+@functools.lru_cache(maxsize=4)
+def load_lung_unet(path: str, device: str = "cpu") -> UNet:
+    """The shipped UNet in eval mode, loaded once per (path, device). Accepts a state dict or ``{"model": ...}``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: lung UNet weights not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net = build_lung_unet()
+    net.load_state_dict(state.get("model", state))
+    return net.to(torch.device(device)).eval()
+
+
+_KEEP_TWO = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, num_components=2)
+_FILL = FillHoles(applied_labels=[1])
+
+
+def postprocess_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(1, W, H) binary mask -> (1, W, H) bool: the 2 largest connected components, holes filled."""
+    mask = mask.to(torch.uint8)
+    return _FILL(_KEEP_TWO(mask)).bool()
+
+
+@torch.no_grad()
+def segment_lungs(image: torch.Tensor, net: torch.nn.Module) -> torch.Tensor:
+    """(1, W, H) image in [0, 1] -> (1, W, H) bool lung mask at the input resolution (postprocessed)."""
+    device = next(net.parameters()).device
+    size = tuple(image.shape[1:])
+    x = convert_to_tensor(image, dtype=torch.float32, device=device, track_meta=False).unsqueeze(0)
+    x = F.interpolate(x, size=SEG_SIZE, mode="area")
+    probs = torch.softmax(net(x), dim=1)[:, 1:]
+    probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+    return postprocess_mask((probs[0] > 0.5).cpu())
+
+
+def plot_mask_overlays(images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], titles: Sequence[str],
+                       path: str | os.PathLike, columns: int = 4) -> None:
+    """PNG grid: each (1, W, H) image in grey with its (1, W, H) lung mask contour in red."""
+    import matplotlib.pyplot as plt
+
+    from custom.plots import as_display, save_figure
+
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, mask, title in zip(axes.ravel(), images, masks, titles):
+        ax.imshow(as_display(image), cmap="gray")
+        ax.contour(as_display(mask.float()), levels=[0.5], colors="red", linewidths=1.0)
+        ax.set_title(title[:28], fontsize=7)
+    save_figure(fig, path)
+
+
+def mask_to_png_array(mask: torch.Tensor) -> np.ndarray:
+    """(1, W, H) bool mask -> (H, W) uint8 array, 255 = lung, ready for `PIL.Image.fromarray`."""
+    return (np.asarray(mask[0].cpu(), dtype=np.uint8) * 255).T.copy()

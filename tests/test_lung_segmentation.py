@@ -1,0 +1,174 @@
+"""Lung segmentation on the real shared data: the shipped UNet on held-out pairs, `LungPreprocessd` on pediatric
+images, the config merge over train.json (one real epoch) and `scripts/lung_masks.py`."""
+
+import csv
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.metrics import compute_dice
+from monai.transforms import Resize, ScaleIntensity, SpatialCrop
+from PIL import Image
+
+from custom.lung_segmentation import load_lung_unet, segment_lungs, split_lung_pairs
+from custom.transforms import LoadCXR
+from custom.transforms_lung import LungPreprocessd, dilate, lung_bbox
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+LUNG_MASKS = SHARED / "lung_masks"
+PEDIATRIC = SHARED / "pediatric_cxr"
+MODEL = ROOT / "models" / "lung_unet.pt"
+
+pytestmark = pytest.mark.skipif(not LUNG_MASKS.is_dir(), reason=f"shared data not found at {SHARED}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pediatric_images(count_per_class: int, split: str = "test") -> list[Path]:
+    return [p for c in ("NORMAL", "PNEUMONIA") for p in sorted((PEDIATRIC / split / c).glob("*.jpeg"))[:count_per_class]]
+
+
+def load_unit(path: Path, size=(224, 224)) -> MetaTensor:
+    """A real image as the classifier pipeline sees it: (1, 224, 224) in [0, 1]."""
+    return ScaleIntensity(minv=0.0, maxv=1.0)(Resize(size, mode="area")(LoadCXR()(path)))
+
+
+def test_split_is_seeded_disjoint_and_keeps_figure_panels_together():
+    split = split_lung_pairs(LUNG_MASKS, num_holdout=15, seed=0)
+    assert split == split_lung_pairs(LUNG_MASKS, num_holdout=15, seed=0)
+    train, held = split["training"], split["validation"]
+    assert len(train) + len(held) == 77 and len(held) >= 15
+    assert not {p["image"] for p in train} & {p["image"] for p in held}
+    assert not {p["group"] for p in train} & {p["group"] for p in held}
+    panels = [p["group"] for p in train + held if "S0929664620300449" in p["image"]]
+    assert len(panels) == 3 and len(set(panels)) == 1, "sub-panels a/b/d of one figure must share a group"
+
+
+def test_shipped_unet_is_small_and_segments_held_out_pairs():
+    assert MODEL.stat().st_size < 10 * 2**20
+    net = load_lung_unet(str(MODEL), "cpu")
+    assert load_lung_unet(str(MODEL), "cpu") is net, "the UNet must be loaded once and cached"
+    loader, scale = LoadCXR(), ScaleIntensity(minv=0.0, maxv=1.0)
+    scores = []
+    for pair in split_lung_pairs(LUNG_MASKS, num_holdout=15, seed=0)["validation"]:
+        truth = loader(pair["label"]) > 127
+        pred = segment_lungs(scale(loader(pair["image"])), net)
+        assert pred.shape == truth.shape and pred.dtype == torch.bool
+        scores.append(float(compute_dice(pred[None].float(), truth[None].float(), include_background=True)))
+    assert np.mean(scores) > 0.85, scores
+
+
+def test_mask_mode_zeroes_everything_outside_the_dilated_lungs():
+    transform = LungPreprocessd("image", MODEL, mode="mask", dilation=0.03, mask_key="lung")
+    for path in pediatric_images(2):
+        image = load_unit(path)
+        out = transform({"image": image.clone()})
+        lung = out["lung"]
+        assert out["image"].shape == image.shape == lung.shape
+        assert 0.1 < lung.float().mean() < 0.6, path.name
+        inside = dilate(lung, round(0.03 * 224))
+        assert torch.all(out["image"][~inside] == 0)
+        assert torch.equal(out["image"][inside], image[inside])
+        assert (image[~inside] > 0.05).float().mean() > 0.5, "the test image must have content outside the lungs"
+
+
+def test_crop_mode_crops_to_the_lung_box_and_keeps_the_size():
+    transform = LungPreprocessd("image", MODEL, mode="crop", margin=0.05, mask_key="lung")
+    for path in pediatric_images(2):
+        image = load_unit(path)
+        out = transform({"image": image.clone()})
+        lung = out["lung"][0]
+        start, end = lung_bbox(out["lung"], 0.05)
+        rows, cols = torch.nonzero(lung, as_tuple=True)
+        assert start[0] <= rows.min() and rows.max() < end[0] and start[1] <= cols.min() and cols.max() < end[1]
+        assert (end[0] - start[0]) * (end[1] - start[1]) < 224 * 224, "the box must actually crop"
+        expected = Resize((224, 224), mode="area")(SpatialCrop(roi_start=start, roi_end=end)(image))
+        assert out["image"].shape == image.shape
+        torch.testing.assert_close(out["image"].as_tensor(), expected.as_tensor())
+
+
+def test_implausible_mask_leaves_image_unchanged_and_warns_with_file_name():
+    path = pediatric_images(1)[0]
+    image = load_unit(path)
+    strict = LungPreprocessd("image", MODEL, mode="crop", min_area=0.9, max_area=1.0)
+    with pytest.warns(UserWarning, match=f"{path.name}: implausible lung mask"):
+        out = strict({"image": image.clone()})
+    assert torch.equal(out["image"], image)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        LungPreprocessd("image", MODEL, mode="blur")
+
+
+@pytest.mark.parametrize("mode", ["mask", "crop"])
+def test_lung_preprocessing_config_merges_over_train_json_and_trains_one_epoch(tmp_path, mode):
+    from monai.bundle import ConfigParser
+
+    from custom.data.datalists import write_datalist
+
+    items = lambda split, n: [  # noqa: E731
+        {"image": str(p), "label": int(p.parent.name == "PNEUMONIA"), "patient_id": p.stem}
+        for p in pediatric_images(n, split)
+    ]
+    write_datalist({"class_names": ["NORMAL", "PNEUMONIA"], "training": items("train", 4),
+                    "validation": items("test", 2), "test": []}, tmp_path / "datalist.json")
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "lung_preprocessing.json")])
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(PEDIATRIC), "datalist_file": str(tmp_path / "datalist.json"),
+                   "output_dir": str(tmp_path / "train"), "ckpt_dir": str(tmp_path / "models"), "max_epochs": 1,
+                   "batch_size": 4, "image_size": [96, 96], "make_plots": False, "resume": False, "lung_mode": mode,
+                   "device": "$torch.device('cpu')"})
+    parser.parse()
+    names = [type(t).__name__ for t in parser.get_parsed_content("validate#preprocessing").transforms]
+    assert names.index("LungPreprocessd") > names.index("ScaleIntensityd")
+    assert "LungPreprocessd" in [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("training")
+    assert parser.get_parsed_content("train#trainer").state.epoch == 1
+    assert (tmp_path / "models" / "model.pt").is_file()
+    cached = parser.get_parsed_content("validate#dataset")[0]["image"]
+    plain = load_unit(pediatric_images(2)[0], size=(96, 96))
+    assert cached.shape == plain.shape == (1, 96, 96)
+    if mode == "mask":
+        assert (cached == 0).float().mean() > 0.2 > (plain == 0).float().mean(), "mask mode must blank the non-lung area"
+    else:
+        assert (cached - plain).abs().mean() > 0.02, "crop mode must zoom in on the lungs"
+
+
+def run_script(*args: str) -> None:
+    """Runs `scripts/lung_masks.py` in this process (its heavy imports are already loaded)."""
+    spec = importlib.util.spec_from_file_location("lung_masks_script", ROOT / "scripts" / "lung_masks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(*args)
+
+
+def test_script_writes_masks_and_overlay_and_skips_bad_files(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in pediatric_images(1):
+        shutil.copy(path, inputs / path.name)
+    (inputs / "broken.jpeg").write_bytes(pediatric_images(1)[0].read_bytes()[:300])
+    out = tmp_path / "out"
+    run_script(str(inputs), str(out), str(MODEL))
+    captured = capsys.readouterr()
+    assert "broken.jpeg" in captured.err
+    assert json.loads(captured.out[captured.out.index("{"):])["masks"] == 2
+    with open(out / "bad_files.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "reason"] and len(rows) == 2 and rows[1][0].endswith("broken.jpeg")
+    for path in pediatric_images(1):
+        mask = np.asarray(Image.open(out / "masks" / f"{path.stem}.png"))
+        assert mask.shape == np.asarray(Image.open(path)).shape[:2]
+        assert set(np.unique(mask)) == {0, 255} and 0.1 < (mask > 0).mean() < 0.6
+    assert (out / "overlay.png").stat().st_size > 5000
