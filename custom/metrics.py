@@ -54,32 +54,36 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     }
 
 
-def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, macro F1, one-vs-rest ROC-AUC, per-class precision/recall/specificity/F1 and the confusion matrix
-    (rows = truth, columns = prediction) of (N,) class indices against (N, C) probabilities (argmax decision)."""
+def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str],
+                       predicted: np.ndarray | None = None) -> dict:
+    """Multi-class metrics of (N,) class indices against (N, C) probabilities: accuracy, per-class precision /
+    recall / specificity / F1 / one-vs-rest ROC-AUC / support, their macro averages ("f1" = macro F1, "roc_auc" =
+    macro one-vs-rest ROC-AUC, NaN unless every class is present) and the C x C confusion matrix (rows = truth,
+    columns = prediction). The decision is argmax unless (N,) `predicted` class indices are given."""
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     classes = list(range(len(class_names)))
-    predicted = probs.argmax(1)
+    predicted = probs.argmax(1) if predicted is None else np.asarray(predicted).astype(int)
     cm = skm.confusion_matrix(labels, predicted, labels=classes)
     precision, recall, f1, support = skm.precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
     per_class = {}
     for c, name in enumerate(class_names):
         tn = cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]
+        one_vs_rest = labels == c
+        auc = skm.roc_auc_score(one_vs_rest, probs[:, c]) if 0 < one_vs_rest.sum() < labels.size else float("nan")
         per_class[name] = {
             "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
             "specificity": _ratio(tn, tn + cm[:, c].sum() - cm[c, c]), "support": int(support[c]),
+            "roc_auc": float(auc),
         }
-    present = np.unique(labels)
-    try:
-        auc = float(skm.roc_auc_score(labels, probs, multi_class="ovr", labels=classes)) if len(present) == len(classes) else float("nan")
-    except ValueError:
-        auc = float("nan")
+    macro = {f"macro_{key}": float(np.mean([per_class[name][key] for name in class_names]))
+             for key in ("precision", "recall", "specificity")}
     return {
         "n": int(labels.size),
         "accuracy": float((predicted == labels).mean()),
+        **macro,
         "f1": float(np.mean(f1)),
-        "roc_auc": auc,
+        "roc_auc": float(np.mean([per_class[name]["roc_auc"] for name in class_names])),  # = sklearn's macro OvR
         "per_class": per_class,
         "confusion_matrix": cm.astype(int).tolist(),
     }
