@@ -9,12 +9,14 @@ resize to 256 px with zero padding at the bottom/right (LiteMedSAM). `encoder_pr
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 from torch import nn
@@ -135,13 +137,67 @@ class MedSAMViTBEncoder(_MedSAMImageEncoder):
 
 
 ENCODERS = {"lite": LiteMedSAMEncoder, "vit_b": MedSAMViTBEncoder}
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
-def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = None) -> nn.Module:
-    """Encoder in eval mode: ``"lite"`` (packaged LiteMedSAM, or `checkpoint`) or ``"vit_b"`` (needs `checkpoint`)."""
+def onnx_cache_dir() -> Path:
+    """Where exported encoders are kept: ``$CXR_ONNX_CACHE`` or ``$XDG_CACHE_HOME/cxr-pneumonia/onnx``
+    (default ``~/.cache/cxr-pneumonia/onnx``)."""
+    if os.environ.get("CXR_ONNX_CACHE"):
+        return Path(os.environ["CXR_ONNX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxr-pneumonia" / "onnx"
+
+
+class OnnxEncoder(_MedSAMImageEncoder):
+    """A MedSAM encoder run by ONNX Runtime on CPU: same input, output, preprocessing and weights fingerprint as the
+    eager `encoder` it is exported from, (B, 3, S, S) in [0, 1] -> (B, 256, 64, 64).
+
+    fp32 (``int8=False``) is exact (cosine to eager >= 0.999 per embedding; tested), so it keeps the eager
+    ``variant`` and shares embedding-cache entries. ``int8=True`` (ONNX Runtime dynamic quantisation) is approximate:
+    its variant is ``"<variant>+ort-int8"``, so its cache entries are separate.
+
+    Args:
+        encoder: an eager encoder from `build_encoder`; its ``net`` is exported (batch 1, TinyViT fixes it) to
+            `onnx_path` unless that file exists.
+        onnx_path: None = ``onnx_cache_dir() / "<variant>-<weights sha256[:16]>.onnx"`` (int8: ``-int8.onnx``).
+        threads: ONNX Runtime intra-op threads (None = ``torch.get_num_threads()``).
+    """
+
+    def __init__(self, encoder: _MedSAMImageEncoder, onnx_path: str | os.PathLike | None = None, int8: bool = False,
+                 threads: int | None = None):
+        super().__init__()
+        from custom.export import OnnxModule, export_onnx, quantize_int8
+
+        self.variant = f"{encoder.variant}+ort-int8" if int8 else encoder.variant
+        self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
+        self.weights_path, self.weights_sha256 = encoder.weights_path, encoder.weights_sha256
+        stem = f"{encoder.variant}-{encoder.weights_sha256[:16]}{'-int8' if int8 else ''}"
+        path = Path(onnx_path) if onnx_path is not None else onnx_cache_dir() / f"{stem}.onnx"
+        shape = (1, 3, self.input_size, self.input_size)
+        if not path.is_file() and not int8:
+            export_onnx(encoder.net, path, shape, dynamic_batch=False)
+        elif not path.is_file():
+            with tempfile.TemporaryDirectory() as tmp:
+                quantize_int8(export_onnx(encoder.net, Path(tmp) / "fp32.onnx", shape, dynamic_batch=False), path)
+        self.net = OnnxModule(path, threads)
+        self.eval()
+
+
+def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = None, backend: str = "torch",
+                  onnx_path: str | os.PathLike | None = None) -> nn.Module:
+    """Encoder in eval mode: ``"lite"`` (packaged LiteMedSAM, or `checkpoint`) or ``"vit_b"`` (needs `checkpoint`).
+
+    backend: ``"torch"`` (eager), ``"onnxruntime"`` (exact, faster on CPU) or ``"onnxruntime-int8"`` (approximate,
+    separate cache entries); see `OnnxEncoder` (`onnx_path`: its exported file).
+    """
     if variant not in ENCODERS:
         raise ValueError(f"unknown encoder variant {variant!r}; choose one of {sorted(ENCODERS)}")
-    return ENCODERS[variant](checkpoint)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown encoder backend {backend!r}; choose one of {list(BACKENDS)}")
+    encoder = ENCODERS[variant](checkpoint)
+    if backend == "torch":
+        return encoder
+    return OnnxEncoder(encoder, onnx_path, int8=backend == "onnxruntime-int8")
 
 
 def weights_fingerprint(encoder: nn.Module) -> str:
@@ -176,7 +232,8 @@ def encoder_preprocess(image, size: int, keep_aspect: bool = False) -> torch.Ten
 
 
 class EncoderPreprocessd(MapTransform):
-    """Dictionary version of `encoder_preprocess`: each key's (1, W, H) image -> (3, size, size) in [0, 1]."""
+    """Dictionary version of `encoder_preprocess`: each key's (1, W, H) image -> (3, size, size) in [0, 1]; a
+    MetaTensor keeps its meta data (the source file name for reports and saliency)."""
 
     def __init__(self, keys: KeysCollection, size: int, keep_aspect: bool = False, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
@@ -186,5 +243,6 @@ class EncoderPreprocessd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = encoder_preprocess(d[key], self.size, self.keep_aspect)
+            out = encoder_preprocess(d[key], self.size, self.keep_aspect)
+            d[key] = MetaTensor(out, meta=d[key].meta) if isinstance(d[key], MetaTensor) else out
         return d
