@@ -1,4 +1,5 @@
-"""PNG figures: class distribution, sample and augmentation grids, training curves, confusion matrix, ROC.
+"""PNG figures: class distribution, sample and augmentation grids, training curves, confusion matrix, ROC,
+precision-recall and calibration (reliability) curves.
 
 Images are (1, W, H) tensors in MONAI's PIL axis convention; they are transposed for display.
 """
@@ -123,6 +124,76 @@ def plot_roc_pr(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike,
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if ax is ax_roc else "lower left")
     save_figure(fig, path)
+
+
+def plot_precision_recall(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike,
+                          threshold: float | None = None) -> None:
+    """Precision-recall curve of (N,) 0/1 labels vs (N,) positive-class scores, with the positive prevalence as the
+    no-skill line and the operating point marked."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=float)
+    precision, recall, _ = skm.precision_recall_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.plot(recall, precision, label=f"AP {skm.average_precision_score(labels, scores):.3f}")
+    ax.axhline(labels.mean(), color="k", ls="--", lw=0.8, label=f"prevalence {labels.mean():.3f}")
+    if threshold is not None:
+        predicted = scores >= threshold
+        ax.plot((predicted & labels).sum() / max(labels.sum(), 1), (predicted & labels).sum() / max(predicted.sum(), 1),
+                "ro", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    save_figure(fig, path)
+
+
+def calibration_bins(labels: np.ndarray, scores: np.ndarray,
+                     n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Equal-width bins of (N,) positive-class probabilities in [0, 1] against (N,) 0/1 labels.
+
+    Returns (n_bins,) image counts, mean predicted probability and observed positive fraction per bin (NaN where a
+    bin is empty), and the expected calibration error ECE = sum_b n_b / N * |observed_b - predicted_b|.
+    """
+    labels = np.asarray(labels, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    if labels.shape != scores.shape or not labels.size:
+        raise ValueError(f"calibration needs equal-length, non-empty labels and scores; "
+                         f"got {labels.shape} and {scores.shape}")
+    if scores.min() < 0 or scores.max() > 1:
+        raise ValueError(f"calibration needs probabilities in [0, 1]; got [{scores.min():.3g}, {scores.max():.3g}]")
+    index = np.minimum((scores * n_bins).astype(int), n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        predicted = np.bincount(index, weights=scores, minlength=n_bins) / counts
+        observed = np.bincount(index, weights=labels, minlength=n_bins) / counts
+    filled = counts > 0
+    ece = float(np.sum(counts[filled] / labels.size * np.abs(observed[filled] - predicted[filled])))
+    return counts, predicted, observed, ece
+
+
+def plot_calibration(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike, n_bins: int = 10) -> float:
+    """Reliability diagram (observed positive fraction vs mean predicted probability per equal-width bin) above a
+    histogram of the scores; returns the expected calibration error (ECE, see `calibration_bins`)."""
+    counts, predicted, observed, ece = calibration_bins(labels, scores, n_bins)
+    filled = counts > 0
+    fig, (ax, ax_hist) = plt.subplots(2, 1, figsize=(4.6, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    ax.plot(predicted[filled], observed[filled], "o-", label=f"model (ECE {ece:.3f})")
+    ax.set_ylabel("observed positive fraction")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"Calibration ({n_bins} bins)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    edges = np.linspace(0, 1, n_bins + 1)
+    ax_hist.bar(edges[:-1], counts, width=1 / n_bins, align="edge", edgecolor="white")
+    ax_hist.set_xlabel("predicted probability of the positive class")
+    ax_hist.set_ylabel("images")
+    ax_hist.set_xlim(0, 1)
+    save_figure(fig, path)
+    return ece
 
 
 def dataset_overview(datalist: dict, class_names: Sequence[str], output_dir: str | os.PathLike,

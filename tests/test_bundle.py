@@ -91,7 +91,7 @@ def test_evaluate_on_test_split(trained):
     rows = list(csv.DictReader(open(out / "test_predictions.csv")))
     assert len(rows) == 60 and {r["true_label"] for r in rows} == {"NORMAL", "PNEUMONIA"}
     assert (out / "test_roc.png").exists() and (out / "test_confusion_matrix.png").exists()
-    rerun = subprocess.run([sys.executable, "scripts/report.py", "--predictions", str(out / "test_predictions.csv"),
+    rerun = subprocess.run([sys.executable, "scripts/report.py", "threshold", "--predictions", str(out / "test_predictions.csv"),
                             "--threshold", str(metrics["threshold"])], cwd=ROOT, capture_output=True, text=True, check=True)
     again = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert again["confusion_matrix"] == metrics["confusion_matrix"]
@@ -154,8 +154,8 @@ def test_unknown_label_folder_is_reported(tmp_path):
 def test_three_class_training_small_cnn(tmp_path):
     """normal / bacterial / viral from the Kermany file names, with the from-scratch CNN."""
     small_cnn = "{'_target_': 'custom.networks.SmallCNN', 'in_channels': '@in_channels', 'num_classes': '@num_classes'}"
-    result = train(tmp_path, "--label_scheme", "three_class", "--network_def", small_cnn, "--make_plots", "false",
-                   "--optimizer#_target_", "torch.optim.NAdam", "--progress_bar", "true")
+    result = train(tmp_path, "--label_scheme", "three_class", "--network_def", small_cnn, "--make_plots", "False",
+                   "--optimizer#_target_", "torch.optim.NAdam", "--progress_bar", "True")
     optimizer_state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=False)["optimizer"]["state"]
     assert "mu_product" in optimizer_state[0], "NAdam state expected"
     assert "100%" in result.stderr, "progress bar expected"
@@ -187,7 +187,7 @@ def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
     tiny_datalist(tmp_path / "datalist.json", train_per_class=3, val_per_class=2)
     args = ("--config_file", "['configs/train.json','configs/train_medsam_frozen.json']",
             "--datalist_file", str(tmp_path / "datalist.json"), "--cache_dir", str(tmp_path / "cache"),
-            "--make_plots", "false", "--batch_size", "4", "--resume", "false")
+            "--make_plots", "False", "--batch_size", "4", "--resume", "False")
     bundle("run", "training", *args, "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"),
            "--max_epochs", "3")
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 10
@@ -238,7 +238,7 @@ def test_medsam_finetune_trains_encoder_and_head(tmp_path):
     tiny_datalist(tmp_path / "datalist.json", train_per_class=2, val_per_class=1)
     bundle("run", "training", "--config_file", "['configs/train.json','configs/train_medsam_finetune.json']",
            "--datalist_file", str(tmp_path / "datalist.json"), "--output_dir", str(tmp_path / "train"),
-           "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", "--batch_size", "2", "--make_plots", "false")
+           "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", "--batch_size", "2", "--make_plots", "False")
     checkpoint = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
     assert [g["initial_lr"] for g in checkpoint["optimizer"]["param_groups"]] == pytest.approx([3e-5, 3e-4])
     trained = checkpoint["model"]

@@ -1,3 +1,6 @@
 from .history import TrainingHistory
+from .html_report import HTMLReport
+from .mlflow_artifacts import MLflowArtifacts
 from .report import ClassificationReport, OperatingPoint
 from .resume import KeyMetricState, ResumeFromLatest
+from .saliency import SaliencyHandler
