@@ -10,7 +10,6 @@ import datetime
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import fire
@@ -19,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.encoders import build_encoder  # noqa: E402
+from custom.timing import best_seconds  # noqa: E402
 
 
 def _encoder(variant: str, vit_b_checkpoint: str | None) -> torch.nn.Module:
@@ -29,20 +29,6 @@ def _encoder(variant: str, vit_b_checkpoint: str | None) -> torch.nn.Module:
         net.input_size = 1024
         return net.eval()
     return build_encoder(variant, vit_b_checkpoint if variant == "vit_b" else None)
-
-
-def _time(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _list(value) -> list:
@@ -70,7 +56,7 @@ def main(variants="lite", vit_b_checkpoint: str | None = None, batch_sizes="1", 
                     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=dtype == "bf16"):
                         encoder(images)
 
-                seconds = _time(run, repeats, device)
+                seconds = best_seconds(run, repeats, device)
                 result["results"].append({"variant": variant, "dtype": dtype, "batch": batch, "input": size,
                                            "gflop_per_image": round(flops / 1e9, 1),
                                            "images_per_s": round(batch / seconds, 2),

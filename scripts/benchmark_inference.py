@@ -22,6 +22,7 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
     from monai.bundle import ConfigParser
 
     from custom.data import inference_items
+    from custom.timing import best_seconds
 
     parser = ConfigParser()
     parser.read_config(config)
@@ -42,17 +43,7 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
               "preprocess_images_per_s": round(len(items) / preprocess_s, 1)}
     with torch.inference_mode():
         for bs in batch_sizes:
-            net(batch[:bs])  # warm-up
-            best = float("inf")
-            for _ in range(repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                for i in range(0, len(batch), bs):
-                    net(batch[i:i + bs])
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - start)
+            best = best_seconds(lambda: [net(batch[i:i + bs]) for i in range(0, len(batch), bs)], repeats, device)
             result[f"forward_images_per_s_batch{bs}"] = round(len(batch) / best, 1)
     print(json.dumps(result))
 

@@ -1,0 +1,104 @@
+"""ONNX export of bundle networks and an ONNX Runtime (CPU) module that stands in for the PyTorch network.
+
+`export_onnx` writes a single-file ``.onnx`` atomically (TorchScript-based ``torch.onnx.export``, input ``image``,
+output ``output``; dynamic batch axis, or a fixed batch for models whose graph bakes the batch size in, such as
+LiteMedSAM's TinyViT). `OnnxModule` runs such a file in an ``onnxruntime.InferenceSession`` on CPU behind the usual
+``nn.Module`` call, so MONAI inferers, evaluators and handlers work unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from custom.io import atomic_path
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "output"
+OPSET = 17
+
+
+def export_onnx(model: nn.Module, filepath: str | os.PathLike, input_shape: Sequence[int],
+                dynamic_batch: bool = True, opset: int = OPSET) -> Path:
+    """Trace `model` (eval mode, CPU, float32) on a random (B, C, H, W) input of `input_shape` and write ``.onnx``.
+
+    dynamic_batch: the batch axis of input and output is symbolic; False fixes it to ``input_shape[0]``
+    (`OnnxModule` then feeds larger batches in chunks of that size). Returns the path written.
+    """
+    model = model.eval().cpu().float()
+    example = torch.rand(*input_shape)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    path = Path(filepath)
+    with atomic_path(path) as tmp, torch.no_grad():
+        torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+    return path
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """ONNX Runtime dynamic int8 quantisation (weights int8, activations quantised per call) of `src` into `dst`.
+    Approximate: outputs differ from fp32 (measure the cosine / metric change before use)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst = Path(dst)
+    with atomic_path(dst) as tmp:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+    return dst
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    """CPU ``onnxruntime.InferenceSession`` with all graph optimisations; threads: intra-op threads (None = torch's
+    ``get_num_threads()``, so ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` apply to both backends)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found (export it with scripts/export.py)")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable / invalid models
+        raise ValueError(f"{path}: not a valid ONNX model for onnxruntime ({e})") from e
+
+
+class OnnxModule(nn.Module):
+    """An exported network run by ONNX Runtime on CPU: (B, C, H, W) tensor -> float32 output tensor on the input's
+    device. Batches larger than a fixed exported batch size are run in chunks. No parameters, no autograd.
+
+    Args:
+        path: ``.onnx`` file with one input and one output (as `export_onnx` writes).
+        threads: intra-op threads (None = ``torch.get_num_threads()``).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        super().__init__()
+        self.path = str(Path(path).resolve())
+        self.session = ort_session(path, threads)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f"{path}: expected one input, the model has {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.input_shape = inputs[0].shape  # ints for fixed axes, str / None for symbolic ones
+        batch = self.input_shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = torch.as_tensor(x).detach().cpu().float().numpy()
+        expected = self.input_shape[1:]
+        if array.ndim != len(self.input_shape) or any(
+                isinstance(e, int) and e != a for e, a in zip(expected, array.shape[1:])):
+            raise ValueError(f"{self.path} expects input shape {self.input_shape}, got {tuple(array.shape)}")
+        step = self.fixed_batch or len(array)
+        if len(array) % step:
+            raise ValueError(f"{self.path} has a fixed batch of {step}; got a batch of {len(array)}")
+        outputs = [self.session.run(None, {self.input_name: np.ascontiguousarray(array[i:i + step])})[0]
+                   for i in range(0, len(array), step)]
+        return torch.from_numpy(np.concatenate(outputs)).to(x.device)

@@ -1,0 +1,89 @@
+"""CPU images/s of the exported paths side by side, printed as a Markdown table (and one JSON line):
+the shipped CNN (eager, TorchScript, ONNX Runtime fp32) and the LiteMedSAM encoder (eager, ONNX Runtime fp32,
+ONNX Runtime int8 dynamic quantisation), on real preprocessed images, with the agreement with eager (max abs
+difference of CNN probabilities; min cosine of encoder embeddings).
+
+    OMP_NUM_THREADS=2 python scripts/benchmark_export.py --images ../shared/data/pediatric_cxr/test
+"""
+
+import datetime
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import fire
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from custom.timing import best_seconds  # noqa: E402
+
+
+def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path) -> list[dict]:
+    from monai.bundle import ConfigParser
+
+    from custom.export import OnnxModule, export_onnx
+
+    parser = ConfigParser()
+    parser.read_config(config)
+    net = parser.get_parsed_content("network_def").eval()
+    net.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["model"])
+    preprocessing = parser.get_parsed_content("preprocessing")
+    x = torch.stack([preprocessing({"image": p})["image"].as_tensor() for p in images])
+    with torch.no_grad():
+        scripted = torch.jit.freeze(torch.jit.trace(net, x[:1]))
+    paths = {"eager": net, "TorchScript (trace + freeze)": scripted,
+             "ONNX Runtime fp32": OnnxModule(export_onnx(net, workdir / "cnn.onnx", [1, *x.shape[1:]]))}
+    return _rows(f"CNN {parser.get('network_def#arch', 'network_def')}", paths, x, "max abs dP",
+                 lambda ref, out: f"{(ref.softmax(1) - out.softmax(1)).abs().max():.1e}")
+
+
+def _encoder(images: list[str], workdir: Path) -> list[dict]:
+    from custom.encoders import OnnxEncoder, build_encoder, encoder_preprocess
+    from custom.transforms import LoadCXR
+
+    eager = build_encoder("lite")
+    load = LoadCXR()
+    x = torch.stack([encoder_preprocess(load(p), eager.input_size, eager.keep_aspect) for p in images])
+    paths = {"eager fp32": eager, "ONNX Runtime fp32 (exact)": OnnxEncoder(eager, workdir / "lite.onnx"),
+             "ONNX Runtime int8 dynamic (approximate)": OnnxEncoder(eager, workdir / "lite-int8.onnx", int8=True)}
+    return _rows("LiteMedSAM encoder", paths, x, "min cosine",
+                 lambda ref, out: f"{F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min():.5f}")
+
+
+def _rows(model: str, paths: dict, x: torch.Tensor, agreement: str, compare, repeats: int = 2) -> list[dict]:
+    """One row per path: images/s over `x` one image at a time (best of `repeats`), agreement with the first path."""
+    rows = []
+    with torch.inference_mode():
+        reference = paths[next(iter(paths))](x[:2])
+        for name, net in paths.items():
+            seconds = best_seconds(lambda: [net(x[i:i + 1]) for i in range(len(x))], repeats)
+            rows.append({"model": model, "path": name, "images_per_s": round(len(x) / seconds, 2),
+                         "vs eager": f"{agreement} {compare(reference, net(x[:2]))}"})
+    return rows
+
+
+def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16, encoder_images: int = 2,
+         config: str = "configs/inference.json", ckpt_path: str = "models/model.pt") -> None:
+    """Times `cnn_images` / `encoder_images` real images (sorted, alternating classes) from `images`, batch 1."""
+    from custom.data import inference_items
+
+    items = [it["image"] for it in inference_items(images)]
+    normal = [p for p in items if "NORMAL" in p]
+    pneumonia = [p for p in items if "NORMAL" not in p]
+    mixed = [p for pair in zip(normal, pneumonia) for p in pair]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = _cnn(mixed[:cnn_images], config, ckpt_path, Path(tmp)) + _encoder(mixed[:encoder_images], Path(tmp))
+    device = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"{device}, {datetime.date.today().isoformat()}, batch 1, `python {' '.join(sys.argv)}`\n")
+    print("| model | path | images/s | agreement with eager |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['path']} | {r['images_per_s']} | {r['vs eager']} |")
+    print(json.dumps({"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                      "rows": rows}))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

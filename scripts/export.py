@@ -1,0 +1,70 @@
+"""Export the bundle network (`network_def` of the inference config + checkpoint weights) or a MedSAM encoder to
+ONNX, check it against eager PyTorch in ONNX Runtime and print one JSON line (path, max abs difference).
+
+    python scripts/export.py network --filepath models/model.onnx
+    python scripts/export.py network --config_file "['configs/inference.json','configs/inference_medsam.json']" \
+        --ckpt_path runs/models/model.pt --filepath models/medsam.onnx --nodynamic_batch
+    python scripts/export.py encoder --variant lite --filepath models/lite_medsam_encoder.onnx [--int8]
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import fire
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from custom.export import OnnxModule, export_onnx  # noqa: E402
+
+
+def _check(model: torch.nn.Module, onnx: OnnxModule, input_shape, batch: int) -> float:
+    """Max abs difference of ORT vs eager outputs on a random batch in [0, 1]."""
+    x = torch.rand(batch, *input_shape[1:])
+    with torch.inference_mode():
+        try:
+            return float((model(x) - onnx(x)).abs().max())
+        except Exception as e:  # onnxruntime's own error types
+            raise RuntimeError(f"{onnx.path} fails at batch {batch} ({e}); export with --nodynamic_batch") from e
+
+
+def network(config_file="configs/inference.json", ckpt_path: str = "models/model.pt",
+            filepath: str = "models/model.onnx", dynamic_batch: bool = True, **override) -> None:
+    """`network_def` of `config_file` with the ``model`` weights of `ckpt_path` (into ``network_def.classifier``
+    when the config sets ``head_only_checkpoint``) -> `filepath`. ``--nodynamic_batch``: batch fixed to 1 (needed
+    for MedSAMClassifier, whose TinyViT graph bakes the batch size in). Other ``--id value`` pairs override the
+    config."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    parser.update(override)
+    net = parser.get_parsed_content("network_def").eval()
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{ckpt_path}: expected a checkpoint dict with a 'model' state dict, got "
+                         f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
+    (net.classifier if parser.get("head_only_checkpoint", False) else net).load_state_dict(ckpt["model"])
+    size = getattr(getattr(net, "encoder", None), "input_size", None)  # MedSAMClassifier: its encoder's input size
+    image_size = [size, size] if size else list(parser.get_parsed_content("image_size"))
+    shape = [1, parser.get_parsed_content("in_channels"), *image_size]
+    path = export_onnx(net, filepath, shape, dynamic_batch)
+    print(json.dumps({"onnx": str(path), "input_shape": shape, "dynamic_batch": dynamic_batch,
+                      "max_abs_diff_vs_eager": _check(net, OnnxModule(path), shape, 2)}))
+
+
+def encoder(variant: str = "lite", checkpoint: str | None = None, filepath: str | None = None,
+            int8: bool = False) -> None:
+    """A MedSAM encoder (`custom.encoders.OnnxEncoder`, batch 1) -> `filepath` (default: the ONNX cache beside the
+    encoder's weights fingerprint, where ``build_encoder(..., backend="onnxruntime")`` looks)."""
+    from custom.encoders import OnnxEncoder, build_encoder
+
+    eager = build_encoder(variant, checkpoint)
+    fast = OnnxEncoder(eager, filepath, int8=int8)
+    shape = [1, 3, eager.input_size, eager.input_size]
+    print(json.dumps({"onnx": fast.net.path, "variant": fast.variant,
+                      "max_abs_diff_vs_eager": _check(eager, fast, shape, 1)}))
+
+
+if __name__ == "__main__":
+    fire.Fire({"network": network, "encoder": encoder})
