@@ -1,0 +1,120 @@
+"""DICOM radiograph -> `result.json` + DICOM SR with the bundle, without the MONAI Deploy SDK, through the same
+contract `MonaiBundleInferenceOperator` relies on: `configs/inference.json` ids `preprocessing` (run here without its
+loader, on the in-memory image), `inferer`, `postprocessing`, `network_def`, `device`, `bundle_root`, and the weights
+as `models/model.ts` (TorchScript) or `network_def` + `models/model.pt` (`{"model", "operating_point"}`).
+
+    python bundle/deploy/predict.py --input ../shared/data/dicom_cxr/RG1_UNCI.dcm --output_dir out/
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import fire
+import pydicom
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `custom` and `bundle.deploy` when run as a plain script
+
+from bundle.deploy.result import classify, read_operating_point, write_outputs  # noqa: E402
+from custom.transforms import DICOM_SUFFIXES, LoadCXR, LoadCXRd  # noqa: E402
+
+REQUIRED_IDS = ("bundle_root", "device", "preprocessing", "inferer", "postprocessing", "network_def")
+
+
+def bundle_parser(bundle_root: str | os.PathLike = ROOT, config_name: str = "inference") -> ConfigParser:
+    """`configs/metadata.json` + `configs/<config_name>.json` of a bundle, with `bundle_root` set to it."""
+    root = Path(bundle_root)
+    parser = ConfigParser()
+    parser.read_meta(root / "configs" / "metadata.json")
+    parser.read_config(root / "configs" / f"{config_name}.json")
+    missing = [key for key in REQUIRED_IDS if key not in parser]
+    if missing:
+        raise KeyError(f"{root / 'configs' / (config_name + '.json')}: missing ids {missing}")
+    parser["bundle_root"] = str(root)
+    return parser
+
+
+def in_memory_preprocessing(parser: ConfigParser) -> Compose:
+    """The bundle's `preprocessing` without its file loader (`LoadCXRd`): input {"image": (1, W, H) tensor}."""
+    compose = parser.get_parsed_content("preprocessing")
+    return Compose([t for t in compose.transforms if not isinstance(t, LoadCXRd)])
+
+
+def load_network(bundle_root: str | os.PathLike, parser: ConfigParser, device: torch.device) -> torch.nn.Module:
+    """`models/model.ts` if present, else `network_def` with the "model" weights of `models/model.pt`; eval mode."""
+    models = Path(bundle_root) / "models"
+    if (models / "model.ts").is_file():
+        return torch.jit.load(str(models / "model.ts"), map_location=device).eval()
+    if not (models / "model.pt").is_file():
+        raise FileNotFoundError(f"{models}: neither model.ts nor model.pt found")
+    network = parser.get_parsed_content("network_def").to(device)
+    checkpoint = torch.load(models / "model.pt", map_location=device, weights_only=True)
+    network.load_state_dict(checkpoint["model"] if "model" in checkpoint else checkpoint)
+    return network.eval()
+
+
+class BundlePredictor:
+    """Holds the parsed bundle; `__call__` maps one (1, W, H) image to (C,) class probabilities."""
+
+    def __init__(self, bundle_root: str | os.PathLike = ROOT, device: str | None = None) -> None:
+        self.bundle_root = Path(bundle_root)
+        self.parser = bundle_parser(self.bundle_root)
+        self.device = torch.device(device) if device else self.parser.get_parsed_content("device")
+        self.preprocessing = in_memory_preprocessing(self.parser)
+        self.inferer = self.parser.get_parsed_content("inferer")
+        self.postprocessing = self.parser.get_parsed_content("postprocessing")
+        self.network = load_network(self.bundle_root, self.parser, self.device)
+        meta = self.parser["_meta_"]
+        self.class_names = [v for _, v in sorted(meta["network_data_format"]["outputs"]["pred"]["channel_def"].items())]
+        self.model_name, self.model_version = meta["name"], meta["version"]
+        self.operating_point = read_operating_point(self.bundle_root)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        data = self.preprocessing({"image": image})
+        data["pred"] = self.inferer(data["image"][None].to(self.device), self.network)[0]
+        return self.postprocessing(data)["pred"].cpu()
+
+
+def dicom_files(path: str | os.PathLike) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DICOM_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{path}: no DICOM files ({', '.join(DICOM_SUFFIXES)})")
+    return files
+
+
+def predict(input: str, output_dir: str = "output", bundle_root: str = str(ROOT),
+            device: str | None = None) -> list[dict]:
+    """Classifies each DICOM file (or each one in a folder); writes `<output_dir>/<file stem>/result.json` and
+    `result_sr.dcm` (or straight into `output_dir` for a single file) and returns the results."""
+    files = dicom_files(input)
+    predictor, loader = BundlePredictor(bundle_root, device), LoadCXR()
+    results = []
+    for file in files:
+        try:
+            source = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception as err:
+            raise ValueError(f"{file}: not a readable DICOM file: {err}") from err
+        result = classify(predictor(loader(file)), predictor.class_names, predictor.operating_point)
+        result["source"] = {"file": str(file), "SOPInstanceUID": str(source.get("SOPInstanceUID", "")),
+                            "StudyInstanceUID": str(source.get("StudyInstanceUID", ""))}
+        out = Path(output_dir) if len(files) == 1 else Path(output_dir) / file.stem
+        write_outputs(result, source, out, predictor.model_name, predictor.model_version)
+        results.append(result)
+    return results
+
+
+if __name__ == "__main__":
+    fire.Fire(predict)

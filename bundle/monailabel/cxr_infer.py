@@ -1,0 +1,71 @@
+"""MONAI Label infer task for the cxr-pneumonia bundle: 2D image in, class probabilities and decided label out.
+
+Built on MONAI Label's `BundleInferTask`, which reads `configs/inference.json` (`network_def`, `preprocessing`,
+`inferer`, `postprocessing`), `configs/metadata.json` (labels from `network_data_format.outputs.pred.channel_def`)
+and `models/model.pt` (`{"model": state_dict, "operating_point": {...}}`). Three things differ from the generic task:
+
+- no spatial restore of the output (the prediction is a (C,) vector, not an image);
+- an unreadable upload (corrupt, truncated, text, empty) is answered with HTTP 422 and the reader's message,
+  instead of the 500 MONAI Label returns for any exception;
+- the JSON answer adds the label decided with the checkpoint's validation-picked threshold, so it matches the
+  bundle's own `inference.json` prediction (`predictions.csv`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.bundle import BundleInferTask
+
+from custom.handlers import ClassificationReport, OperatingPoint
+
+
+def model_name(bundle_root: str) -> str:
+    """The bundle's metadata `name` as a URL-safe model id, e.g. "cxr_pneumonia_classification"."""
+    with open(os.path.join(bundle_root, "configs", "metadata.json")) as f:
+        return "_".join(json.load(f)["name"].lower().split())
+
+
+class CXRClassificationInfer(BundleInferTask):
+    """Classification infer task. Request: an uploaded image file; answer (`output=json`):
+    `{"prediction": [{"idx", "label", "score"}...], "label": str, "threshold": float, ...}` where the scores are the
+    C softmax probabilities (sum 1) and `label` is the class decided with the checkpoint's operating point."""
+
+    def __init__(self, bundle_root: str, conf: dict[str, str]) -> None:
+        super().__init__(bundle_root, conf, type=InferType.CLASSIFICATION, post_filter=None,
+                         add_post_restore=False, load_strict=True)
+        if not self.is_valid():
+            raise ValueError(f"{bundle_root}: not a loadable bundle (needs configs/inference.json and models/model.pt)")
+        checkpoint = torch.load(self.path[0], map_location="cpu", weights_only=True)
+        if "operating_point" not in checkpoint:
+            raise ValueError(f"{self.path[0]}: checkpoint has no 'operating_point' (expected {{'model', 'operating_point'}})")
+        self.operating_point = OperatingPoint()
+        self.operating_point.load_state_dict(checkpoint["operating_point"])
+        with open(os.path.join(bundle_root, "configs", "metadata.json")) as f:
+            channel_def = json.load(f)["network_data_format"]["outputs"]["pred"]["channel_def"]
+        self.class_names = [channel_def[str(i)] for i in range(len(channel_def))]
+        self.labels = {name: i for i, name in enumerate(self.class_names)}  # MONAI Label lower-cases them
+        # used for its decision rule only (`decide`); it writes nothing unless attached to an engine
+        self.report = ClassificationReport(os.path.join(bundle_root, "runs", "monailabel"), self.class_names,
+                                           operating_point=self.operating_point, plots=False)
+
+    def run_pre_transforms(self, data, transforms):
+        try:
+            return super().run_pre_transforms(data, transforms)
+        except (OSError, ValueError) as err:  # LoadCXRd: missing, empty, corrupt or non-image file
+            path = data.get("image_path")
+            if isinstance(path, str) and os.path.dirname(path) == tempfile.gettempdir():
+                os.remove(path)  # MONAI Label's upload copy: its cleanup task is dropped when the request fails
+            raise HTTPException(status_code=422, detail=f"uploaded image could not be read: {err}") from err
+
+    def writer(self, data, extension=None, dtype=None):
+        result_file, result_json = super().writer(data, extension, dtype)
+        probs = data[self.output_label_key].detach().float().cpu().numpy().reshape(1, -1)  # (1, C)
+        decided = int(self.report.decide(probs, self.operating_point.threshold)[0])
+        result_json.update(label=self.class_names[decided], threshold=self.operating_point.threshold)
+        return result_file, result_json
