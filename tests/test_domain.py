@@ -43,7 +43,7 @@ def dann(tmp_path_factory) -> Path:
 def common_args(tmp: Path) -> tuple[str, ...]:
     return ("--config_file", CONFIGS, "--datalist_file", str(tmp / "datalist.json"),
             "--target_dataset_dir", str(tmp / "target"), "--target_test_fraction", "0.34",
-            "--cache_dir", str(tmp / "cache"), "--make_plots", "false", "--resume", "false")
+            "--cache_dir", str(tmp / "cache"), "--make_plots", "False", "--resume", "False")
 
 
 @pytest.fixture(scope="module")
