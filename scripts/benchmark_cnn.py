@@ -3,19 +3,18 @@ metrics (checkpoint and threshold picked on validation). Finished (model, seed) 
 benchmark resumes. Writes `<output_dir>/summary.json` and prints a Markdown table.
 
     python scripts/benchmark_cnn.py --dataset_dir ../shared/data/pediatric_cxr --models resnet18,densenet121 \
-        --seeds 0,1,2 --max_epochs 12 [--extra="--batch_size 64"]
+        --seeds 0,1,2 --max_epochs 12 [--extra="--batch_size 64"] [--extra_configs configs/lung_preprocessing.json]
 """
 
 import datetime
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import fire
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from custom.benchmark import REPORTED, config_arg, markdown_table, mean_std, parse_list, run_bundle  # noqa: E402
 from custom.io import write_json  # noqa: E402
 
 MODELS = {
@@ -23,17 +22,14 @@ MODELS = {
     "densenet121": "{'_target_': 'monai.networks.nets.DenseNet121', 'spatial_dims': 2, 'in_channels': '@in_channels', 'out_channels': '@num_classes'}",
     "small_cnn": "{'_target_': 'custom.networks.SmallCNN', 'in_channels': '@in_channels', 'num_classes': '@num_classes'}",
 }
-REPORTED = ("accuracy", "roc_auc", "sensitivity", "specificity", "f1")
-
-
-def bundle(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "monai.bundle", *args], check=True)
 
 
 def main(dataset_dir: str, models="resnet18,densenet121", seeds="0,1,2", max_epochs: int = 12,
-         output_dir: str = "runs/benchmark", extra: str = "") -> None:
-    models = models.split(",") if isinstance(models, str) else list(models)
-    seeds = [int(s) for s in (seeds.split(",") if isinstance(seeds, str) else seeds)]
+         output_dir: str = "runs/benchmark", extra: str = "", extra_configs: str = "") -> None:
+    """extra: more `monai.bundle` overrides for every run; extra_configs: config files (comma-separated) merged after
+    train.json, e.g. ``configs/lung_preprocessing.json``."""
+    models, seeds = parse_list(models), parse_list(seeds, int)
+    configs = ["configs/train.json", *(parse_list(extra_configs) if extra_configs else [])]
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from {sorted(MODELS)}")
@@ -46,20 +42,15 @@ def main(dataset_dir: str, models="resnet18,densenet121", seeds="0,1,2", max_epo
             common = ["--dataset_dir", dataset_dir, "--seed", str(seed), "--network_def", MODELS[model],
                       "--ckpt_dir", str(run / "models"), *extra.split()]
             if not metrics_file.exists():
-                bundle("run", "training", "--config_file", "configs/train.json", "--output_dir", str(run / "train"),
-                       "--max_epochs", str(max_epochs), *common)
-                bundle("run", "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']",
-                       "--output_dir", str(run / "eval"), *common)
+                run_bundle("run", "training", "--config_file", config_arg(configs), "--output_dir", str(run / "train"),
+                           "--max_epochs", str(max_epochs), *common)
+                run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
+                           "--output_dir", str(run / "eval"), *common)
             results.append(json.loads(metrics_file.read_text()))
             summary["runs"][f"{model}/seed{seed}"] = {k: results[-1][k] for k in (*REPORTED, "threshold")}
-        summary["models"][model] = {k: {"mean": float(np.mean([r[k] for r in results])),
-                                        "std": float(np.std([r[k] for r in results], ddof=1)) if len(results) > 1 else 0.0}
-                                    for k in REPORTED}
+        summary["models"][model] = mean_std(results)
         write_json(summary, Path(output_dir, "summary.json"))
-    print(f"| model | seeds | {' | '.join(REPORTED)} |\n|---|---|{'---|' * len(REPORTED)}")
-    for model, stats in summary["models"].items():
-        cells = " | ".join(f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}" for k in REPORTED)
-        print(f"| {model} | {len(seeds)} | {cells} |")
+    print(markdown_table(summary["models"], len(seeds)))
 
 
 if __name__ == "__main__":

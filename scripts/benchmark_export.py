@@ -1,7 +1,7 @@
 """CPU images/s of the exported paths side by side, printed as a Markdown table (and one JSON line):
-the shipped CNN (eager, TorchScript, ONNX Runtime fp32) and the LiteMedSAM encoder (eager, ONNX Runtime fp32,
-ONNX Runtime int8 dynamic quantisation), on real preprocessed images, with the agreement with eager (max abs
-difference of CNN probabilities; min cosine of encoder embeddings).
+the shipped CNN (eager, TorchScript, ONNX Runtime fp32) and the LiteMedSAM encoder (eager fp32, eager bf16 autocast,
+ONNX Runtime fp32, ONNX Runtime int8 dynamic quantisation), on real preprocessed images, with the agreement with
+eager (max abs difference of CNN probabilities; min cosine of encoder embeddings).
 
     OMP_NUM_THREADS=2 python scripts/benchmark_export.py --images ../shared/data/pediatric_cxr/test
 """
@@ -41,13 +41,14 @@ def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path) -> list[
 
 
 def _encoder(images: list[str], workdir: Path) -> list[dict]:
-    from custom.encoders import OnnxEncoder, build_encoder, encoder_preprocess
+    from custom.encoders import AutocastEncoder, OnnxEncoder, build_encoder, encoder_preprocess
     from custom.transforms import LoadCXR
 
     eager = build_encoder("lite")
     load = LoadCXR()
     x = torch.stack([encoder_preprocess(load(p), eager.input_size, eager.keep_aspect) for p in images])
-    paths = {"eager fp32": eager, "ONNX Runtime fp32 (exact)": OnnxEncoder(eager, workdir / "lite.onnx"),
+    paths = {"eager fp32": eager, "eager bf16 autocast (approximate)": AutocastEncoder(eager),
+             "ONNX Runtime fp32 (exact)": OnnxEncoder(eager, workdir / "lite.onnx"),
              "ONNX Runtime int8 dynamic (approximate)": OnnxEncoder(eager, workdir / "lite-int8.onnx", int8=True)}
     return _rows("LiteMedSAM encoder", paths, x, "min cosine",
                  lambda ref, out: f"{F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min():.5f}")
@@ -65,7 +66,7 @@ def _rows(model: str, paths: dict, x: torch.Tensor, agreement: str, compare, rep
     return rows
 
 
-def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16, encoder_images: int = 2,
+def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16, encoder_images: int = 8,
          config: str = "configs/inference.json", ckpt_path: str = "models/model.pt") -> None:
     """Times `cnn_images` / `encoder_images` real images (sorted, alternating classes) from `images`, batch 1."""
     from custom.data import inference_items

@@ -251,7 +251,7 @@ def test_medsam_finetune_trains_encoder_and_head(tmp_path):
 def test_benchmark_script_aggregates_seeds_and_resumes(tmp_path):
     args = [sys.executable, "scripts/benchmark_cnn.py", "--dataset_dir", str(SAMPLE), "--models", "small_cnn",
             "--seeds", "0,1", "--max_epochs", "1", "--output_dir", str(tmp_path),
-            "--extra=--image_size [64,64] --make_plots false"]
+            "--extra=--image_size [64,64] --make_plots False"]
     subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
     summary = json.loads((tmp_path / "summary.json").read_text())
     runs = [summary["runs"][f"small_cnn/seed{s}"] for s in (0, 1)]

@@ -6,6 +6,8 @@ import copy
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from custom.domain import DANNClassifier, GradientReversal, dann_lambda, target_
 from custom.embedding_cache import PrepareEmbeddingBatch
 from custom.engines import DANNTrainer
 from custom.losses import SupConLoss
-from tests.test_bundle import SHARED, bundle, tiny_datalist
+from tests.test_bundle import ROOT, SAMPLE, SHARED, bundle, tiny_datalist
 
 ADULT = SHARED / "adult_cxr"
 CLASS_MAP = {"NORMAL": "NORMAL", "OTHER_COVID": "PNEUMONIA"}
@@ -203,3 +205,24 @@ def test_bundle_dann_with_contrastive_term(dann):
     assert row["train_contrastive_loss"] > 0  # a batch of 4 from 3 + 3 always holds a same-class pair
     assert row["train_loss"] > row["train_label_loss"]
     assert json.loads((dann / "train_supcon" / "target_metrics.json").read_text())["n"] == 2
+
+
+def test_benchmark_medsam_aggregates_source_and_target_metrics_over_seeds(dann):
+    """scripts/benchmark_medsam.py: pooling and DANN methods over 2 seeds from the cached embeddings of the run above."""
+    datalist = json.loads((dann / "datalist.json").read_text())
+    (dann / "bench_datalist.json").write_text(json.dumps({**datalist, "test": datalist["validation"]}))
+    output = dann / "benchmark"
+    args = [sys.executable, "scripts/benchmark_medsam.py", "--dataset_dir", str(SAMPLE), "--cache_dir", str(dann / "cache"),
+            "--target_dataset_dir", str(dann / "target"), "--methods", "avg,dann", "--seeds", "0,1",
+            "--output_dir", str(output),
+            f"--extra=--datalist_file {dann / 'bench_datalist.json'} --max_epochs 1 --batch_size 2 --target_test_fraction 0.34"]
+    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
+    summary = json.loads((output / "summary.json").read_text())
+    assert set(summary["test"]) == {"avg", "dann"} and set(summary["target"]) == {"dann"}, "target only for DANN methods"
+    for split, method in (("test", "avg"), ("test", "dann"), ("target", "dann")):
+        runs = [summary["runs"][f"{method}/seed{s}"][split] for s in (0, 1)]
+        assert summary[split][method]["roc_auc"]["mean"] == pytest.approx((runs[0]["roc_auc"] + runs[1]["roc_auc"]) / 2)
+    assert json.loads((output / "dann" / "seed1" / "eval" / "test_metrics.json").read_text())["n"] == 2
+    assert len(list((dann / "cache").rglob("*.pt"))) == 14, "the benchmark must reuse the embedding cache"
+    again = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    assert "| dann | 2 |" in again.stdout and "Epoch" not in again.stderr, "finished runs must be reused"

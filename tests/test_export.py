@@ -132,3 +132,15 @@ def test_int8_litemedsam_is_approximate_with_its_own_cache_keys(lite_inputs, tmp
     assert 0.5 < cosine.item() < 1.0  # close but not exact
     with pytest.raises(ValueError, match="unknown encoder backend"):
         build_encoder("lite", backend="tensorrt")
+
+
+def test_bf16_autocast_litemedsam_is_close_with_its_own_cache_keys(lite_inputs, tmp_path):
+    eager, x = lite_inputs
+    bf16 = build_encoder("lite", backend="torch-bf16")
+    assert bf16.variant == "lite+bf16" and bf16.weights_sha256 == eager.weights_sha256
+    assert EmbeddingCache(tmp_path, bf16).key(IMAGES[1]) != EmbeddingCache(tmp_path, eager).key(IMAGES[1])
+    with torch.inference_mode():
+        reference, out = eager(x), bf16(x)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    cosine = F.cosine_similarity(reference.flatten(1), out.flatten(1))
+    assert 0.95 < cosine.min().item() and cosine.max().item() < 1.0 - 1e-7  # close, computed in bf16

@@ -1,0 +1,42 @@
+"""Seed sweeps through the bundle configs for the benchmark scripts: run `python -m monai.bundle`, reuse finished
+runs, and summarise metrics over seeds as mean and sample standard deviation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+REPORTED = ("accuracy", "roc_auc", "sensitivity", "specificity", "f1")
+
+
+def run_bundle(*args: str) -> None:
+    """``python -m monai.bundle *args`` in the current directory; raises CalledProcessError when it fails."""
+    subprocess.run([sys.executable, "-m", "monai.bundle", *args], check=True)
+
+
+def parse_list(value: str | Sequence, cast=str) -> list:
+    """Comma-separated string (or a sequence, as fire passes ``a,b``) -> list of `cast` values."""
+    return [cast(v) for v in (value.split(",") if isinstance(value, str) else value)]
+
+
+def config_arg(files: Sequence[str]) -> str:
+    """Config files -> the ``--config_file "['a.json','b.json']"`` value that merges them in order."""
+    return "[" + ",".join(f"'{f}'" for f in files) + "]"
+
+
+def mean_std(results: Sequence[Mapping[str, float]], keys: Sequence[str] = REPORTED) -> dict:
+    """``{key: {"mean", "std"}}`` over `results` (std: sample standard deviation, 0 for a single result)."""
+    return {k: {"mean": float(np.mean([r[k] for r in results])),
+                "std": float(np.std([r[k] for r in results], ddof=1)) if len(results) > 1 else 0.0} for k in keys}
+
+
+def markdown_table(rows: Mapping[str, Mapping], seeds: int, keys: Sequence[str] = REPORTED) -> str:
+    """Markdown table, one row per name: ``mean ± std`` of each key from `mean_std` results."""
+    lines = [f"| run | seeds | {' | '.join(keys)} |", f"|---|---|{'---|' * len(keys)}"]
+    for name, stats in rows.items():
+        cells = " | ".join(f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}" for k in keys)
+        lines.append(f"| {name} | {seeds} | {cells} |")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Frozen-MedSAM-encoder heads over several seeds through the bundle configs: pooling variants, and source-only /
+DANN / contrastive / DANN + contrastive from a labelled source to an unlabelled target domain. Reports the official
+source test split (checkpoint and threshold picked on validation) and, for the domain methods, the target's
+labelled evaluation part (never used in training). Finished (method, seed) runs are reused, so an interrupted
+benchmark resumes. Writes `<output_dir>/summary.json` and prints Markdown tables.
+
+    python scripts/embed.py --datalist kermany.json --cache_dir runs/embeddings --backend onnxruntime  # fill the cache
+    python scripts/benchmark_medsam.py --dataset_dir ../shared/data/pediatric_cxr \
+        --target_dataset_dir ../shared/data/adult_cxr --cache_dir runs/embeddings --seeds 0,1,2
+"""
+
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import fire
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from custom.benchmark import REPORTED, config_arg, markdown_table, mean_std, parse_list, run_bundle  # noqa: E402
+from custom.io import write_json  # noqa: E402
+
+FROZEN = ["configs/train.json", "configs/train_medsam_frozen.json"]
+DANN = [*FROZEN, "configs/train_dann.json"]
+# method -> (configs, overrides); the domain methods share one architecture (adapter + label head + domain head)
+METHODS = {
+    "avg": (FROZEN, ["--pooling", "avg"]),
+    "avgmax": (FROZEN, ["--pooling", "avgmax"]),
+    "attention": (FROZEN, ["--pooling", "attention"]),
+    "source_only": (DANN, ["--domain_weight", "0.0", "--contrastive_weight", "0.0"]),
+    "dann": (DANN, ["--domain_weight", "1.0", "--contrastive_weight", "0.0"]),
+    "contrastive": (DANN, ["--domain_weight", "0.0", "--contrastive_weight", "0.5"]),
+    "dann_contrastive": (DANN, ["--domain_weight", "1.0", "--contrastive_weight", "0.5"]),
+}
+
+
+def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None,
+         methods="avg,avgmax,attention,source_only,dann,contrastive,dann_contrastive", seeds="0,1,2",
+         output_dir: str = "runs/benchmark_medsam", extra: str = "") -> None:
+    """extra: more `monai.bundle` overrides for every run, e.g. ``--extra="--max_epochs 30"``."""
+    methods, seeds = parse_list(methods), parse_list(seeds, int)
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
+    if target_dataset_dir is None and any(METHODS[m][0] == DANN for m in methods):
+        raise ValueError("the domain methods need --target_dataset_dir (COVID-19 Radiography layout)")
+    summary = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
+               "runs": {}, "test": {}, "target": {}}
+    for method in methods:
+        configs, overrides = METHODS[method]
+        domain = configs == DANN
+        test, target = [], []
+        for seed in seeds:
+            run = Path(output_dir, method, f"seed{seed}")
+            common = ["--dataset_dir", dataset_dir, "--cache_dir", cache_dir, "--seed", str(seed),
+                      "--ckpt_dir", str(run / "models"), "--make_plots", "False", *overrides,
+                      *(["--target_dataset_dir", target_dataset_dir] if domain else []), *extra.split()]
+            test_file, target_file = run / "eval" / "test_metrics.json", run / "train" / "target_metrics.json"
+            if not test_file.exists():
+                run_bundle("run", "training", "--config_file", config_arg(configs), "--output_dir", str(run / "train"),
+                           *common)
+                run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
+                           "--output_dir", str(run / "eval"), *common)
+            test.append(json.loads(test_file.read_text()))
+            summary["runs"][f"{method}/seed{seed}"] = {"test": {k: test[-1][k] for k in (*REPORTED, "threshold")}}
+            if domain:
+                target.append(json.loads(target_file.read_text()))
+                summary["runs"][f"{method}/seed{seed}"]["target"] = {k: target[-1][k] for k in REPORTED}
+        summary["test"][method] = mean_std(test)
+        if domain:
+            summary["target"][method] = mean_std(target)
+        write_json(summary, Path(output_dir, "summary.json"))
+    print("Source: official test split\n" + markdown_table(summary["test"], len(seeds)))
+    if summary["target"]:
+        print("\nTarget: labelled evaluation part\n" + markdown_table(summary["target"], len(seeds)))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
