@@ -1,6 +1,6 @@
-"""Unsupervised domain adaptation (DANN, Ganin et al., JMLR 2016) on cached MedSAM feature maps: gradient reversal,
-its schedule, the classifier with label and domain heads, and the target-domain datalist (unlabelled for adaptation,
-labelled for evaluation only)."""
+"""Unsupervised domain adaptation (DANN, Ganin et al., JMLR 2016) on MedSAM feature maps: gradient reversal, its
+schedule, the classifier with label and domain heads on cached maps or behind a live encoder, and the target-domain
+datalist (unlabelled for adaptation, labelled for evaluation only)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from custom.data.checks import require_readable
 from custom.data.datalists import build_covid_radiography
 from custom.encoders import EMBED_DIM
-from custom.heads import MLPHead, build_pooling
+from custom.heads import POOLED_MAP_SIZE, MLPHead, build_pooling
 from custom.losses import ProjectionHead
 
 
@@ -81,6 +82,61 @@ class DANNClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> (B, num_classes) label logits."""
         return self.label_head(self.forward_features(x))
+
+
+def encoder_stages(encoder: nn.Module) -> list[nn.Module]:
+    """The stages of a `custom.encoders` MedSAM encoder in forward order: TinyViT ``layers`` (4) or ViT ``blocks``
+    (12), then the ``neck``."""
+    net = encoder.net
+    stages = getattr(net, "layers", None) or getattr(net, "blocks", None)
+    if stages is None or not hasattr(net, "neck"):
+        raise ValueError(f"{type(net).__name__} has no 'layers'/'blocks' + 'neck' stages")
+    return [*stages, net.neck]
+
+
+class MedSAMDANNClassifier(DANNClassifier):
+    """`DANNClassifier` on images: a MedSAM encoder -> (B, 256, 64, 64), average-pooled to (B, 256, map_size,
+    map_size), then the trainable adapter, label head, gradient reversal + domain head and projection.
+
+    (B, 3, S, S) images in [0, 1] (S = ``encoder.input_size``) -> (B, num_classes) logits. For training on
+    augmented images (`configs/train_dann_augment.json`), which the embedding cache cannot serve.
+
+    Args:
+        encoder: e.g. ``custom.encoders.build_encoder("lite")``.
+        trainable_stages: how many of the encoder's last stages (`encoder_stages`, the neck counting as one) train
+            with the adapter, under the gradient reversal; 0 = frozen encoder (eval mode, no autograd graph).
+        map_size: grid the 64x64 map is average-pooled to (8 = the cache's, so weights carry over).
+        other args: as `DANNClassifier`.
+    """
+
+    def __init__(self, encoder: nn.Module, pooling: str = "avg", num_classes: int = 2, feature_dim: int = 256,
+                 trainable_stages: int = 0, map_size: int = POOLED_MAP_SIZE):
+        super().__init__(pooling, num_classes, feature_dim)
+        stages = encoder_stages(encoder)
+        if not 0 <= trainable_stages <= len(stages):
+            raise ValueError(f"trainable_stages must be in [0, {len(stages)}], got {trainable_stages}")
+        self.encoder = encoder
+        self.map_size = map_size
+        self.trainable_stages = trainable_stages
+        self._trainable = stages[len(stages) - trainable_stages:]
+        encoder.requires_grad_(False)
+        for stage in self._trainable:
+            stage.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MedSAMDANNClassifier:
+        """Frozen encoder stages stay in eval mode (normalisation statistics fixed); trainable ones follow `mode`."""
+        super().train(mode)
+        self.encoder.eval()
+        for stage in self._trainable:
+            stage.train(mode)
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) images -> (B, feature_dim) float32."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable_stages > 0):
+            maps = F.adaptive_avg_pool2d(self.encoder(x), self.map_size)
+        return super().forward_features(maps)
 
 
 def target_datalist(dataset_dir: str | os.PathLike | None, class_map: dict[str, str], class_names: list[str],

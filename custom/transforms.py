@@ -106,7 +106,8 @@ class LoadCXR(Transform):
     """
 
     def __init__(self) -> None:
-        self.loader = LoadImage(reader=cxr_readers(), image_only=True, ensure_channel_first=True, dtype=np.float32)
+        self.readers = cxr_readers()
+        self.loader = LoadImage(reader=self.readers, image_only=True, ensure_channel_first=True, dtype=np.float32)
 
     def __call__(self, path: PathLike) -> MetaTensor:
         path = os.fspath(path)
@@ -114,8 +115,11 @@ class LoadCXR(Transform):
             raise FileNotFoundError(f"{path}: file not found")
         if os.path.getsize(path) == 0:
             raise ValueError(f"{path}: empty file (0 bytes)")
+        # the highest-priority reader that claims the file (ITK takes anything); LoadImage alone would try every
+        # reader in turn and log each failure (e.g. the DICOM reader on every JPEG)
+        reader = next((r for r in reversed(self.readers) if r.verify_suffix(path)), None)
         try:
-            img = self.loader(path)
+            img = self.loader(path, reader=reader)
             out = to_single_channel(img)
         except Exception as err:  # readers raise many types; report one clear message
             raise ValueError(f"{path}: cannot read image: {_root_cause(err)}") from err

@@ -1,8 +1,9 @@
-"""Frozen-MedSAM-encoder heads over several seeds through the bundle configs: pooling variants, and source-only /
-DANN / contrastive / DANN + contrastive from a labelled source to an unlabelled target domain. Reports the official
-source test split (checkpoint and threshold picked on validation) and, for the domain methods, the target's
-labelled evaluation part (never used in training). Finished (method, seed) runs are reused, so an interrupted
-benchmark resumes. Writes `<output_dir>/summary.json` and prints Markdown tables.
+"""MedSAM-encoder heads over several seeds through the bundle configs: pooling variants on the frozen encoder, and
+source-only / DANN / contrastive / DANN + contrastive (cached embeddings) and DANN + augmentation (live encoder, GPU)
+from a labelled source to an unlabelled target domain. Reports the official source test split (checkpoint and
+threshold picked on validation) and, for the domain methods, the target's labelled evaluation part (never used in
+training). Finished (method, seed) runs are reused, so an interrupted benchmark resumes. Writes
+`<output_dir>/summary.json` and prints Markdown tables.
 
     python scripts/embed.py --datalist kermany.json --cache_dir runs/embeddings --backend onnxruntime  # fill the cache
     python scripts/benchmark_medsam.py --dataset_dir ../shared/data/pediatric_cxr \
@@ -31,7 +32,10 @@ METHODS = {
     "dann": (DANN, ["--domain_weight", "1.0", "--contrastive_weight", "0.0"]),
     "contrastive": (DANN, ["--domain_weight", "0.0", "--contrastive_weight", "0.5"]),
     "dann_contrastive": (DANN, ["--domain_weight", "1.0", "--contrastive_weight", "0.5"]),
+    # live encoder on augmented images of both domains (GPU: every epoch re-encodes every image)
+    "dann_augment": ([*DANN, "configs/train_dann_augment.json"], ["--domain_weight", "1.0", "--contrastive_weight", "0.0"]),
 }
+DOMAIN_METHODS = {m for m, (configs, _) in METHODS.items() if "configs/train_dann.json" in configs}
 
 
 def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None,
@@ -42,13 +46,13 @@ def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
-    if target_dataset_dir is None and any(METHODS[m][0] == DANN for m in methods):
+    if target_dataset_dir is None and DOMAIN_METHODS & set(methods):
         raise ValueError("the domain methods need --target_dataset_dir (COVID-19 Radiography layout)")
     summary = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
                "runs": {}, "test": {}, "target": {}}
     for method in methods:
         configs, overrides = METHODS[method]
-        domain = configs == DANN
+        domain = method in DOMAIN_METHODS
         test, target = [], []
         for seed in seeds:
             run = Path(output_dir, method, f"seed{seed}")

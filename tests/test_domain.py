@@ -226,3 +226,32 @@ def test_benchmark_medsam_aggregates_source_and_target_metrics_over_seeds(dann):
     assert len(list((dann / "cache").rglob("*.pt"))) == 14, "the benchmark must reuse the embedding cache"
     again = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
     assert "| dann | 2 |" in again.stdout and "Epoch" not in again.stderr, "finished runs must be reused"
+
+
+def test_bundle_dann_with_augmentation_trains_live_encoder_stages_on_augmented_images(dann, tmp_path):
+    """train_dann_augment.json: images (not the cache) through LiteMedSAM under strong MONAI augmentation, both domains;
+    with trainable_stages=1 the encoder's neck adapts under the gradient reversal, earlier stages stay fixed."""
+    from monai.bundle import ConfigParser
+
+    from custom.encoders import build_encoder
+
+    configs = "['configs/train.json','configs/train_medsam_frozen.json','configs/train_dann.json','configs/train_dann_augment.json']"
+    args = ("--config_file", configs, "--datalist_file", str(dann / "datalist.json"),
+            "--target_dataset_dir", str(dann / "target"), "--target_test_fraction", "0.34", "--make_plots", "False",
+            "--resume", "False", "--trainable_stages", "1", "--batch_size", "2", "--max_epochs", "1",
+            "--cache_dir", str(tmp_path / "cache"))
+    result = bundle("run", "training", *args, "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"))
+    assert not (tmp_path / "cache").exists(), "images must go through the encoder, not the embedding cache"
+    assert "lambda" in result.stderr + result.stdout
+    parser = ConfigParser()
+    parser.read_config([ROOT / "configs" / f for f in ("train.json", "train_medsam_frozen.json", "train_dann.json",
+                                                       "train_dann_augment.json")])
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing", lazy=False).transforms]
+    assert {"RandAffined", "RandHistogramShiftd", "EncoderPreprocessd"} <= set(names), names
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)["model"]
+    original = build_encoder("lite").state_dict()
+    changed = {k for k, v in original.items() if not torch.equal(v, state[f"encoder.{k}"])}
+    assert changed and all(k.startswith("net.neck.") for k in changed), sorted(changed)[:5]
+    history = json.loads((tmp_path / "train" / "history.json").read_text())
+    assert history[0]["train_domain_loss"] > 0 and history[0]["train_label_loss"] > 0
+    assert json.loads((tmp_path / "train" / "target_metrics.json").read_text())["n"] == 2
