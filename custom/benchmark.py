@@ -17,9 +17,10 @@ def run_bundle(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "monai.bundle", *args], check=True)
 
 
-def parse_list(value: str | Sequence, cast=str) -> list:
-    """Comma-separated string (or a sequence, as fire passes ``a,b``) -> list of `cast` values."""
-    return [cast(v) for v in (value.split(",") if isinstance(value, str) else value)]
+def parse_list(value, cast=str) -> list:
+    """Comma-separated string, or what fire makes of one (a tuple for ``a,b``, an int for ``0``) -> `cast` values."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [cast(v) for v in items]
 
 
 def config_arg(files: Sequence[str]) -> str:

@@ -50,11 +50,25 @@ class AttentionPool(nn.Module):
         return torch.einsum("bcn,bn->bc", x.flatten(2), weights)
 
 
-POOLINGS = {"avg": AvgPool, "avgmax": AvgMaxPool, "attention": AttentionPool}
+class GridPool(nn.Module):
+    """Average pooling to a coarse grid, flattened: (B, C, h, w) -> (B, C * grid * grid); keeps where a finding is
+    (left / right lung, upper / lower zone) that global pooling discards."""
+
+    def __init__(self, channels: int = EMBED_DIM, grid: int = 4):
+        super().__init__()
+        self.grid = grid
+        self.out_features = channels * grid * grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, self.grid).flatten(1)
+
+
+POOLINGS = {"avg": AvgPool, "avgmax": AvgMaxPool, "attention": AttentionPool, "grid": GridPool}
 
 
 def build_pooling(name: str, channels: int = EMBED_DIM) -> nn.Module:
-    """``"avg"`` (B, C), ``"avgmax"`` (B, 2C) or ``"attention"`` (B, C); the module's ``out_features`` says which."""
+    """``"avg"`` (B, C), ``"avgmax"`` (B, 2C), ``"attention"`` (B, C) or ``"grid"`` (B, 16C, a 4x4 grid); the
+    module's ``out_features`` says which."""
     if name not in POOLINGS:
         raise ValueError(f"unknown pooling {name!r}; choose one of {sorted(POOLINGS)}")
     return POOLINGS[name](channels)

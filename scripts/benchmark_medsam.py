@@ -1,4 +1,4 @@
-"""MedSAM-encoder heads over several seeds through the bundle configs: pooling variants on the frozen encoder, and
+"""MedSAM-encoder heads over several seeds through the bundle configs: pooling variants (avg, avg+max, attention, 4x4 grid) on the frozen encoder, and
 source-only / DANN / contrastive / DANN + contrastive (cached embeddings) and DANN + augmentation (live encoder, GPU)
 from a labelled source to an unlabelled target domain. Reports the official source test split (checkpoint and
 threshold picked on validation) and, for the domain methods, the target's labelled evaluation part (never used in
@@ -28,6 +28,7 @@ METHODS = {
     "avg": (FROZEN, ["--pooling", "avg"]),
     "avgmax": (FROZEN, ["--pooling", "avgmax"]),
     "attention": (FROZEN, ["--pooling", "attention"]),
+    "grid": (FROZEN, ["--pooling", "grid"]),
     "source_only": (DANN, ["--domain_weight", "0.0", "--contrastive_weight", "0.0"]),
     "dann": (DANN, ["--domain_weight", "1.0", "--contrastive_weight", "0.0"]),
     "contrastive": (DANN, ["--domain_weight", "0.0", "--contrastive_weight", "0.5"]),
@@ -39,7 +40,7 @@ DOMAIN_METHODS = {m for m, (configs, _) in METHODS.items() if "configs/train_dan
 
 
 def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None,
-         methods="avg,avgmax,attention,source_only,dann,contrastive,dann_contrastive", seeds="0,1,2",
+         methods="avg,avgmax,attention,grid,source_only,dann,contrastive,dann_contrastive", seeds="0,1,2",
          output_dir: str = "runs/benchmark_medsam", extra: str = "") -> None:
     """extra: more `monai.bundle` overrides for every run, e.g. ``--extra="--max_epochs 30"``."""
     methods, seeds = parse_list(methods), parse_list(seeds, int)

@@ -248,6 +248,13 @@ def test_medsam_finetune_trains_encoder_and_head(tmp_path):
     assert any(k.startswith("classifier.head.") for k in trained)
 
 
+def test_benchmark_lists_parse_what_fire_passes():
+    from custom.benchmark import parse_list
+
+    assert parse_list(0, int) == [0] and parse_list((0, 1), int) == [0, 1] and parse_list("0,2", int) == [0, 2]
+    assert parse_list("resnet18") == ["resnet18"] and parse_list(("a", "b")) == ["a", "b"]
+
+
 def test_benchmark_script_aggregates_seeds_and_resumes(tmp_path):
     args = [sys.executable, "scripts/benchmark_cnn.py", "--dataset_dir", str(SAMPLE), "--models", "small_cnn",
             "--seeds", "0,1", "--max_epochs", "1", "--output_dir", str(tmp_path),

@@ -163,6 +163,10 @@ def test_pooling_shapes_and_values():
     nn.init.zeros_(attention.score.bias)
     assert torch.allclose(attention(x), x.mean((2, 3)), atol=1e-6)  # uniform scores = average
     assert attention(torch.randn(2, 256, 64, 64)).shape == (2, 256)
+    grid = build_pooling("grid")
+    assert grid(x).shape == (4, 256 * 16) == (4, grid.out_features)
+    # cell (row 1, column 2) of the 4x4 grid = mean of the 2x2 block of the 8x8 map at rows 2-3, columns 4-5
+    assert torch.allclose(grid(x).view(4, 256, 4, 4)[:, :, 1, 2], x[:, :, 2:4, 4:6].mean((2, 3)), atol=1e-6)
     with pytest.raises(ValueError, match="unknown pooling"):
         build_pooling("gem")
 
