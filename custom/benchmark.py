@@ -1,5 +1,6 @@
-"""Seed sweeps through the bundle configs for the benchmark scripts: run `python -m monai.bundle`, reuse finished
-runs, and summarise metrics over seeds as mean and sample standard deviation."""
+"""Helpers of the seed-sweep benchmark scripts (`scripts/benchmark_cnn.py`, `scripts/benchmark_medsam.py`): run
+`python -m monai.bundle` with merged configs, parse list arguments, and summarise metrics over seeds as mean and
+sample standard deviation."""
 
 from __future__ import annotations
 

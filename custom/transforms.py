@@ -115,9 +115,11 @@ class LoadCXR(Transform):
             raise FileNotFoundError(f"{path}: file not found")
         if os.path.getsize(path) == 0:
             raise ValueError(f"{path}: empty file (0 bytes)")
-        # the highest-priority reader that claims the file (ITK takes anything); LoadImage alone would try every
-        # reader in turn and log each failure (e.g. the DICOM reader on every JPEG)
-        reader = next((r for r in reversed(self.readers) if r.verify_suffix(path)), None)
+        # the highest-priority reader that claims the file by its suffix or DICOM preamble; otherwise (ITK formats,
+        # unknown files) LoadImage tries every reader in turn. Without this it would also try, and log, the DICOM
+        # reader on every JPEG.
+        reader = next((r for r in reversed(self.readers) if not isinstance(r, ITKReader) and r.verify_suffix(path)),
+                      None)
         try:
             img = self.loader(path, reader=reader)
             out = to_single_channel(img)

@@ -254,6 +254,20 @@ def test_text_file_renamed_png(tmp_path, loader):
     _check_message(excinfo, path, "cannot read", "not a readable image")
 
 
+def test_unknown_file_type_says_no_reader_could_read_it(tmp_path, loader):
+    path = tmp_path / "notes.txt"
+    path.write_text("patient list, not an image\n" * 20)
+    with pytest.raises(ValueError) as excinfo:
+        loader(path)
+    _check_message(excinfo, path, "not a readable image format")
+
+
+def test_jpeg_is_read_by_its_own_reader_without_trying_dicom(loader, jpeg_path, caplog):
+    with caplog.at_level("INFO"):
+        image = loader(jpeg_path)
+    assert image.shape[0] == 1 and "unable to load" not in caplog.text
+
+
 def test_truncated_jpeg(tmp_path, loader, jpeg_path):
     data = jpeg_path.read_bytes()
     path = tmp_path / "truncated.jpeg"
