@@ -100,22 +100,34 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
     save_figure(fig, path)
 
 
+def _operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(sensitivity, specificity, precision) of the decision ``scores >= threshold`` against (N,) 0/1 labels."""
+    predicted = np.asarray(scores) >= threshold
+    labels = np.asarray(labels).astype(bool)
+    true_positives = (predicted & labels).sum()
+    return (true_positives / max(labels.sum(), 1), (~predicted & ~labels).sum() / max((~labels).sum(), 1),
+            true_positives / max(predicted.sum(), 1))
+
+
+def _draw_precision_recall(ax, labels: np.ndarray, scores: np.ndarray, threshold: float | None) -> None:
+    """Precision-recall curve (legend: average precision) on `ax`, with the operating point when `threshold` is set."""
+    precision, recall, _ = skm.precision_recall_curve(labels, scores)
+    ax.plot(recall, precision, label=f"AP {skm.average_precision_score(labels, scores):.3f}")
+    if threshold is not None:
+        sens, _, prec = _operating_point(labels, scores, threshold)
+        ax.plot(sens, prec, "ro", label=f"threshold {threshold:.3f}")
+
+
 def plot_roc_pr(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike, threshold: float | None = None) -> None:
     """ROC and precision-recall curves of (N,) 0/1 labels vs (N,) positive-class scores; marks the operating point."""
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(9, 4))
     fpr, tpr, _ = skm.roc_curve(labels, scores)
     ax_roc.plot(fpr, tpr, label=f"AUC {skm.roc_auc_score(labels, scores):.3f}")
     ax_roc.plot([0, 1], [0, 1], "k--", lw=0.8)
-    precision, recall, _ = skm.precision_recall_curve(labels, scores)
-    ax_pr.plot(recall, precision, label=f"AP {skm.average_precision_score(labels, scores):.3f}")
+    _draw_precision_recall(ax_pr, labels, scores, threshold)
     if threshold is not None:
-        predicted = np.asarray(scores) >= threshold
-        labels = np.asarray(labels).astype(bool)
-        sens = (predicted & labels).sum() / max(labels.sum(), 1)
-        spec = (~predicted & ~labels).sum() / max((~labels).sum(), 1)
-        prec = (predicted & labels).sum() / max(predicted.sum(), 1)
+        sens, spec, _ = _operating_point(labels, scores, threshold)
         ax_roc.plot(1 - spec, sens, "ro", label=f"threshold {threshold:.3f}")
-        ax_pr.plot(sens, prec, "ro", label=f"threshold {threshold:.3f}")
     for ax, (x, y, title) in ((ax_roc, ("1 - specificity", "sensitivity", "ROC")),
                               (ax_pr, ("recall", "precision", "Precision-recall"))):
         ax.set_xlabel(x)
@@ -130,16 +142,10 @@ def plot_precision_recall(labels: np.ndarray, scores: np.ndarray, path: str | os
                           threshold: float | None = None) -> None:
     """Precision-recall curve of (N,) 0/1 labels vs (N,) positive-class scores, with the positive prevalence as the
     no-skill line and the operating point marked."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=float)
-    precision, recall, _ = skm.precision_recall_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(4.6, 4))
-    ax.plot(recall, precision, label=f"AP {skm.average_precision_score(labels, scores):.3f}")
-    ax.axhline(labels.mean(), color="k", ls="--", lw=0.8, label=f"prevalence {labels.mean():.3f}")
-    if threshold is not None:
-        predicted = scores >= threshold
-        ax.plot((predicted & labels).sum() / max(labels.sum(), 1), (predicted & labels).sum() / max(predicted.sum(), 1),
-                "ro", label=f"threshold {threshold:.3f}")
+    prevalence = np.asarray(labels, dtype=float).mean()
+    ax.axhline(prevalence, color="k", ls="--", lw=0.8, label=f"prevalence {prevalence:.3f}")
+    _draw_precision_recall(ax, labels, scores, threshold)
     ax.set_xlabel("recall (sensitivity)")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)
