@@ -4,9 +4,11 @@ sample standard deviation."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -27,6 +29,19 @@ def parse_list(value, cast=str) -> list:
 def config_arg(files: Sequence[str]) -> str:
     """Config files -> the ``--config_file "['a.json','b.json']"`` value that merges them in order."""
     return "[" + ",".join(f"'{f}'" for f in files) + "]"
+
+
+def train_and_evaluate(run_dir: str | Path, configs: Sequence[str], args: Sequence[str]) -> dict:
+    """Test metrics of one run: ``training`` with `configs` (output ``run_dir/train``), then ``evaluating`` with
+    `configs` + ``configs/evaluate.json`` (``run_dir/eval``), both with the overrides `args`; a run whose
+    ``eval/test_metrics.json`` exists is reused, not rerun."""
+    run_dir = Path(run_dir)
+    metrics_file = run_dir / "eval" / "test_metrics.json"
+    if not metrics_file.exists():
+        run_bundle("run", "training", "--config_file", config_arg(configs), "--output_dir", str(run_dir / "train"), *args)
+        run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
+                   "--output_dir", str(run_dir / "eval"), *args)
+    return json.loads(metrics_file.read_text())
 
 
 def mean_std(results: Sequence[Mapping[str, float]], keys: Sequence[str] = REPORTED) -> dict:

@@ -7,14 +7,13 @@ benchmark resumes. Writes `<output_dir>/summary.json` and prints a Markdown tabl
 """
 
 import datetime
-import json
 import sys
 from pathlib import Path
 
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.benchmark import REPORTED, config_arg, markdown_table, mean_std, parse_list, run_bundle  # noqa: E402
+from custom.benchmark import REPORTED, markdown_table, mean_std, parse_list, train_and_evaluate  # noqa: E402
 from custom.io import write_json  # noqa: E402
 
 MODELS = {
@@ -38,15 +37,9 @@ def main(dataset_dir: str, models="resnet18,densenet121", seeds="0,1,2", max_epo
         results = []
         for seed in seeds:
             run = Path(output_dir, model, f"seed{seed}")
-            metrics_file = run / "eval" / "test_metrics.json"
-            common = ["--dataset_dir", dataset_dir, "--seed", str(seed), "--network_def", MODELS[model],
-                      "--ckpt_dir", str(run / "models"), *extra.split()]
-            if not metrics_file.exists():
-                run_bundle("run", "training", "--config_file", config_arg(configs), "--output_dir", str(run / "train"),
-                           "--max_epochs", str(max_epochs), *common)
-                run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
-                           "--output_dir", str(run / "eval"), *common)
-            results.append(json.loads(metrics_file.read_text()))
+            args = ["--dataset_dir", dataset_dir, "--seed", str(seed), "--network_def", MODELS[model],
+                    "--ckpt_dir", str(run / "models"), "--max_epochs", str(max_epochs), *extra.split()]
+            results.append(train_and_evaluate(run, configs, args))
             summary["runs"][f"{model}/seed{seed}"] = {k: results[-1][k] for k in (*REPORTED, "threshold")}
         summary["models"][model] = mean_std(results)
         write_json(summary, Path(output_dir, "summary.json"))

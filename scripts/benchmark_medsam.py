@@ -18,7 +18,7 @@ from pathlib import Path
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.benchmark import REPORTED, config_arg, markdown_table, mean_std, parse_list, run_bundle  # noqa: E402
+from custom.benchmark import REPORTED, markdown_table, mean_std, parse_list, train_and_evaluate  # noqa: E402
 from custom.io import write_json  # noqa: E402
 
 FROZEN = ["configs/train.json", "configs/train_medsam_frozen.json"]
@@ -60,16 +60,10 @@ def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None
             common = ["--dataset_dir", dataset_dir, "--cache_dir", cache_dir, "--seed", str(seed),
                       "--ckpt_dir", str(run / "models"), "--make_plots", "False", *overrides,
                       *(["--target_dataset_dir", target_dataset_dir] if domain else []), *extra.split()]
-            test_file, target_file = run / "eval" / "test_metrics.json", run / "train" / "target_metrics.json"
-            if not test_file.exists():
-                run_bundle("run", "training", "--config_file", config_arg(configs), "--output_dir", str(run / "train"),
-                           *common)
-                run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
-                           "--output_dir", str(run / "eval"), *common)
-            test.append(json.loads(test_file.read_text()))
+            test.append(train_and_evaluate(run, configs, common))
             summary["runs"][f"{method}/seed{seed}"] = {"test": {k: test[-1][k] for k in (*REPORTED, "threshold")}}
             if domain:
-                target.append(json.loads(target_file.read_text()))
+                target.append(json.loads((run / "train" / "target_metrics.json").read_text()))
                 summary["runs"][f"{method}/seed{seed}"]["target"] = {k: target[-1][k] for k in REPORTED}
         summary["test"][method] = mean_std(test)
         if domain:
