@@ -6,11 +6,8 @@
 #   VENV_DIR/bin/python bundle/deploy/app.py -i DICOM_DIR -o OUT_DIR
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-venv="${1:-$here/../../.venv-deploy}"
-python="${PYTHON:-python}"
-
-"$python" -c "import monai, torch, custom" || { echo "install.sh: run it with the project's python (pip install -e .)" >&2; exit 1; }
-"$python" -m venv --system-site-packages "$venv"
+source "$here/../layered_venv.sh"
+layered_venv deploy "${1:-}"
 "$venv/bin/python" -m pip install --quiet monai-deploy-app-sdk==4.0.0 highdicom==0.28.2
 # `monai.deploy` is a namespace inside `monai`: the project's monai must sit in the same site-packages as the SDK,
 # and the SDK's start-up hook needs filelock there too.

@@ -5,11 +5,8 @@
 #   VENV_DIR/bin/monailabel start_server --app bundle/monailabel --studies IMAGES_DIR
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-venv="${1:-$here/../../.venv-monailabel}"
-python="${PYTHON:-python}"
-
-"$python" -c "import monai, torch, custom" || { echo "install.sh: run it with the project's python (pip install -e .)" >&2; exit 1; }
-"$python" -m venv --system-site-packages "$venv"
+source "$here/../layered_venv.sh"
+layered_venv monailabel "${1:-}"
 "$venv/bin/python" -m pip install --quiet -r "$here/requirements-server.txt"
 "$venv/bin/python" -m pip install --quiet --no-deps -r "$here/requirements.txt"
 # pydicom-seg 0.4.1 imports a pydicom 2 private module; alias it to pydicom 3's pydicom.uid at interpreter start.
