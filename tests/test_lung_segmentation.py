@@ -25,15 +25,8 @@ LUNG_MASKS = SHARED / "lung_masks"
 PEDIATRIC = SHARED / "pediatric_cxr"
 MODEL = ROOT / "models" / "lung_unet.pt"
 
-pytestmark = pytest.mark.skipif(not LUNG_MASKS.is_dir(), reason=f"shared data not found at {SHARED}")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.skipif(not LUNG_MASKS.is_dir(), reason=f"shared data not found at {SHARED}"),
+              pytest.mark.usefixtures("single_thread")]
 
 
 def pediatric_images(count_per_class: int, split: str = "test") -> list[Path]:

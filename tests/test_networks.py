@@ -26,13 +26,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 KERMANY_TRAIN = SHARED / "pediatric_cxr" / "train"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a small CPU shared with other jobs, spinning OpenMP threads only slow things down."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:

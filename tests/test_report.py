@@ -35,25 +35,19 @@ def small_datalist(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(tmp_path_factory, single_thread) -> Path:
     """Train 1 epoch and evaluate on the test split, both tracked with MLflow in a SQLite store. In-process
     (`monai.bundle.run` is what `python -m monai.bundle run` calls) to spare two interpreter start-ups."""
-    import torch
     from monai.bundle import run as bundle_run
 
     tmp = tmp_path_factory.mktemp("report")
     small_datalist(tmp / "datalist.json")
     common = {"bundle_root": str(ROOT), "datalist_file": str(tmp / "datalist.json"), "ckpt_dir": str(tmp / "models"),
               "tracking": "mlflow", "tracking_uri": f"sqlite:///{tmp}/mlruns.db", **FAST}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        bundle_run("training", config_file=str(ROOT / "configs" / "train.json"), output_dir=str(tmp / "train"),
-                   max_epochs=1, run_name="train", **common)
-        bundle_run("evaluating", config_file=[str(ROOT / "configs" / n) for n in ("train.json", "evaluate.json")],
-                   output_dir=str(tmp / "eval"), train_output_dir=str(tmp / "train"), run_name="eval", **common)
-    finally:
-        torch.set_num_threads(threads)
+    bundle_run("training", config_file=str(ROOT / "configs" / "train.json"), output_dir=str(tmp / "train"),
+               max_epochs=1, run_name="train", **common)
+    bundle_run("evaluating", config_file=[str(ROOT / "configs" / n) for n in ("train.json", "evaluate.json")],
+               output_dir=str(tmp / "eval"), train_output_dir=str(tmp / "train"), run_name="eval", **common)
     return tmp
 
 

@@ -35,8 +35,8 @@ NORMAL = TEST / "NORMAL" / "IM-0001-0001.jpeg"
 PNEUMONIA = TEST / "PNEUMONIA" / "person1_virus_6.jpeg"
 MODEL = ROOT / "models" / "model.pt"
 
-pytestmark = pytest.mark.skipif(not NORMAL.is_file(), reason=f"shared data not found at {SHARED}")
-torch.set_num_threads(1)
+pytestmark = [pytest.mark.skipif(not NORMAL.is_file(), reason=f"shared data not found at {SHARED}"),
+              pytest.mark.usefixtures("single_thread")]
 
 load = Compose([LoadCXRd("image"), Resized("image", (224, 224), mode="area"), ScaleIntensityd("image"),
                 EnsureTyped("image", dtype=torch.float32)])
