@@ -179,11 +179,12 @@ class OnnxEncoder(_MedSAMImageEncoder):
         encoder: an eager encoder from `build_encoder`; its ``net`` is exported (batch 1, TinyViT fixes it) to
             `onnx_path` unless that file exists.
         onnx_path: None = ``onnx_cache_dir() / "<variant>-<weights sha256[:16]>.onnx"`` (int8: ``-int8.onnx``).
-        threads: ONNX Runtime intra-op threads (None = ``torch.get_num_threads()``).
+        threads: ONNX Runtime intra-op threads in all (None = ``torch.get_num_threads()``).
+        streams: concurrent ONNX Runtime sessions sharing `threads` (`custom.export.OnnxModule`); exact either way.
     """
 
     def __init__(self, encoder: _MedSAMImageEncoder, onnx_path: str | os.PathLike | None = None, int8: bool = False,
-                 threads: int | None = None):
+                 threads: int | None = None, streams: int = 1):
         super().__init__()
         from custom.export import OnnxModule, export_onnx, quantize_int8
 
@@ -198,28 +199,30 @@ class OnnxEncoder(_MedSAMImageEncoder):
         elif not path.is_file():
             with tempfile.TemporaryDirectory() as tmp:
                 quantize_int8(export_onnx(encoder.net, Path(tmp) / "fp32.onnx", shape, dynamic_batch=False), path)
-        self.net = OnnxModule(path, threads)
+        self.net = OnnxModule(path, threads, streams)
         self.eval()
 
 
 def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = None, backend: str = "torch",
-                  onnx_path: str | os.PathLike | None = None) -> nn.Module:
+                  onnx_path: str | os.PathLike | None = None, streams: int = 1) -> nn.Module:
     """Encoder in eval mode: ``"lite"`` (packaged LiteMedSAM, or `checkpoint`) or ``"vit_b"`` (needs `checkpoint`).
 
     backend: ``"torch"`` (eager fp32), ``"torch-bf16"`` (eager under bf16 autocast, approximate: `AutocastEncoder`),
     ``"onnxruntime"`` (exact, faster on CPU) or ``"onnxruntime-int8"`` (approximate); approximate backends get their
-    own cache entries. See `OnnxEncoder` (`onnx_path`: its exported file).
+    own cache entries. See `OnnxEncoder` (`onnx_path`: its exported file; `streams`: concurrent sessions).
     """
     if variant not in ENCODERS:
         raise ValueError(f"unknown encoder variant {variant!r}; choose one of {sorted(ENCODERS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown encoder backend {backend!r}; choose one of {list(BACKENDS)}")
+    if streams != 1 and not backend.startswith("onnxruntime"):
+        raise ValueError(f"streams={streams} needs an onnxruntime backend, got {backend!r}")
     encoder = ENCODERS[variant](checkpoint)
     if backend == "torch":
         return encoder
     if backend == "torch-bf16":
         return AutocastEncoder(encoder)
-    return OnnxEncoder(encoder, onnx_path, int8=backend == "onnxruntime-int8")
+    return OnnxEncoder(encoder, onnx_path, int8=backend == "onnxruntime-int8", streams=streams)
 
 
 def weights_fingerprint(encoder: nn.Module) -> str:

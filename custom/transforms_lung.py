@@ -14,7 +14,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 
 from custom.lung_segmentation import load_lung_unet, segment_lungs
 
-MODES = ("crop", "mask")
+MODES = ("crop", "mask", "none")
 
 
 def lung_bbox(mask: torch.Tensor, margin: float) -> tuple[list[int], list[int]]:
@@ -38,7 +38,8 @@ class LungPreprocessd(MapTransform):
 
     * ``mode="crop"``: crops every channel to the lung bounding box plus ``margin`` (fraction of the image size per
       side) and resizes back to (W, H) (area interpolation), or
-    * ``mode="mask"``: sets every pixel farther than ``dilation`` (fraction of the mean image side) from the lungs to 0.
+    * ``mode="mask"``: sets every pixel farther than ``dilation`` (fraction of the mean image side) from the lungs to 0,
+    * ``mode="none"``: passes the data through untouched (the UNet is never loaded).
 
     When the postprocessed mask covers less than ``min_area`` or more than ``max_area`` of the image, the image is
     returned unmodified with a `UserWarning` naming the file. The UNet (``model_path``) is loaded once per process on
@@ -61,6 +62,8 @@ class LungPreprocessd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        if self.mode == "none":
+            return d
         net = load_lung_unet(self.model_path, self.device)
         for key in self.key_iterator(d):
             image = d[key]

@@ -3,7 +3,7 @@ metrics (checkpoint and threshold picked on validation). Finished (model, seed) 
 benchmark resumes. Writes `<output_dir>/summary.json` and prints a Markdown table.
 
     python scripts/benchmark_cnn.py --dataset_dir ../shared/data/pediatric_cxr --models resnet18,densenet121 \
-        --seeds 0,1,2 --max_epochs 12 [--extra="--batch_size 64"] [--extra_configs configs/lung_preprocessing.json]
+        --seeds 0,1,2 --max_epochs 12 [--extra="--batch_size 64 --lung_mode none"]
 """
 
 import datetime
@@ -25,8 +25,8 @@ MODELS = {
 
 def main(dataset_dir: str, models="resnet18,densenet121", seeds="0,1,2", max_epochs: int = 12,
          output_dir: str = "runs/benchmark", extra: str = "", extra_configs: str = "") -> None:
-    """extra: more `monai.bundle` overrides for every run; extra_configs: config files (comma-separated) merged after
-    train.json, e.g. ``configs/lung_preprocessing.json``."""
+    """extra: more `monai.bundle` overrides for every run, e.g. ``--lung_mode none``; extra_configs: config files
+    (comma-separated) merged after train.json."""
     models, seeds = parse_list(models), parse_list(seeds, int)
     configs = ["configs/train.json", *(parse_list(extra_configs) if extra_configs else [])]
     unknown = set(models) - set(MODELS)

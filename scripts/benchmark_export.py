@@ -1,7 +1,8 @@
 """CPU images/s of the exported paths side by side, printed as a Markdown table (and one JSON line):
 the shipped CNN (eager, TorchScript, ONNX Runtime fp32) and the LiteMedSAM encoder (eager fp32, eager bf16 autocast,
-ONNX Runtime fp32, ONNX Runtime int8 dynamic quantisation), on real preprocessed images, with the agreement with
-eager (max abs difference of CNN probabilities; min cosine of encoder embeddings).
+ONNX Runtime fp32 with one or two concurrent sessions, ONNX Runtime int8 dynamic quantisation), on real preprocessed
+images, with the agreement with eager (max abs difference of CNN probabilities; min cosine of encoder embeddings).
+Every path runs one image per call except the two-session one, which gets all encoder images in one call.
 
     OMP_NUM_THREADS=2 python scripts/benchmark_export.py --images ../shared/data/pediatric_cxr/test
 """
@@ -47,28 +48,34 @@ def _encoder(images: list[str], workdir: Path) -> list[dict]:
     eager = build_encoder("lite")
     load = LoadCXR()
     x = torch.stack([encoder_preprocess(load(p), eager.input_size, eager.keep_aspect) for p in images])
+    streams = "ONNX Runtime fp32, 2 streams x half the threads (exact)"
     paths = {"eager fp32": eager, "eager bf16 autocast (approximate)": AutocastEncoder(eager),
              "ONNX Runtime fp32 (exact)": OnnxEncoder(eager, workdir / "lite.onnx"),
+             streams: OnnxEncoder(eager, workdir / "lite.onnx", streams=2),
              "ONNX Runtime int8 dynamic (approximate)": OnnxEncoder(eager, workdir / "lite-int8.onnx", int8=True)}
     return _rows("LiteMedSAM encoder", paths, x, "min cosine",
-                 lambda ref, out: f"{F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min():.5f}")
+                 lambda ref, out: f"{F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min():.5f}",
+                 batches={streams: len(x)})
 
 
-def _rows(model: str, paths: dict, x: torch.Tensor, agreement: str, compare, repeats: int = 2) -> list[dict]:
-    """One row per path: images/s over `x` one image at a time (best of `repeats`), agreement with the first path."""
+def _rows(model: str, paths: dict, x: torch.Tensor, agreement: str, compare, repeats: int = 2,
+          batches: dict | None = None) -> list[dict]:
+    """One row per path: images/s over `x` in calls of `batches[path]` images (default 1; best of `repeats`),
+    agreement with the first path."""
     rows = []
     with torch.inference_mode():
         reference = paths[next(iter(paths))](x[:2])
         for name, net in paths.items():
-            seconds = best_seconds(lambda: [net(x[i:i + 1]) for i in range(len(x))], repeats)
-            rows.append({"model": model, "path": name, "images_per_s": round(len(x) / seconds, 2),
+            b = (batches or {}).get(name, 1)
+            seconds = best_seconds(lambda: [net(x[i:i + b]) for i in range(0, len(x), b)], repeats)
+            rows.append({"model": model, "path": name, "batch": b, "images_per_s": round(len(x) / seconds, 2),
                          "vs eager": f"{agreement} {compare(reference, net(x[:2]))}"})
     return rows
 
 
 def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16, encoder_images: int = 8,
          config: str = "configs/inference.json", ckpt_path: str = "models/model.pt") -> None:
-    """Times `cnn_images` / `encoder_images` real images (sorted, alternating classes) from `images`, batch 1."""
+    """Times `cnn_images` / `encoder_images` real images (sorted, alternating classes) from `images`."""
     from custom.data import inference_items
 
     items = [it["image"] for it in inference_items(images)]
@@ -78,10 +85,10 @@ def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16
     with tempfile.TemporaryDirectory() as tmp:
         rows = _cnn(mixed[:cnn_images], config, ckpt_path, Path(tmp)) + _encoder(mixed[:encoder_images], Path(tmp))
     device = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"{device}, {datetime.date.today().isoformat()}, batch 1, `python {' '.join(sys.argv)}`\n")
-    print("| model | path | images/s | agreement with eager |\n|---|---|---|---|")
+    print(f"{device}, {datetime.date.today().isoformat()}, `python {' '.join(sys.argv)}`\n")
+    print("| model | path | batch | images/s | agreement with eager |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['path']} | {r['images_per_s']} | {r['vs eager']} |")
+        print(f"| {r['model']} | {r['path']} | {r['batch']} | {r['images_per_s']} | {r['vs eager']} |")
     print(json.dumps({"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
                       "rows": rows}))
 

@@ -5,7 +5,6 @@ Runs on the embedded sample (real Kermany images) at 64 px so that the whole fil
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -43,7 +43,7 @@ def test_preprocessing_without_loader_on_in_memory_image(parser, path):
     memory = in_memory_preprocessing(parser)
     assert not [t for t in memory.transforms if isinstance(t, LoadCXRd)]
     in_memory = memory({"image": torch.as_tensor(LoadCXR()(path).numpy())})["image"]  # plain tensor, no metadata
-    assert tuple(in_memory.shape) == (1, 224, 224) and in_memory.dtype == torch.float32
+    assert tuple(in_memory.shape) == (1, *parser["image_size"]) and in_memory.dtype == torch.float32
     np.testing.assert_allclose(np.asarray(in_memory), np.asarray(from_file), atol=1e-6)
 
 

@@ -54,6 +54,10 @@ def test_onnx_runtime_matches_eager_cnn_with_dynamic_batch(cnn):
         eager = net(x).softmax(1)
     assert (onnx(x).softmax(1) - eager).abs().max() < 1e-4
     assert (onnx(x[:1]).softmax(1) - eager[:1]).abs().max() < 1e-4
+    streams = OnnxModule(path, threads=2, streams=2)  # a dynamic batch is split across the two sessions
+    assert torch.allclose(streams(x), onnx(x), atol=1e-5) and torch.allclose(streams(x[:3]), onnx(x[:3]), atol=1e-5)
+    with pytest.raises(ValueError, match="streams must be >= 1"):
+        OnnxModule(path, streams=0)
     assert not list(path.parent.glob(".*.tmp"))  # written atomically, no temp file left
 
 
@@ -120,6 +124,22 @@ def test_onnxruntime_litemedsam_is_exact_and_shares_cache_keys(lite_inputs, tmp_
     assert EmbeddingCache(tmp_path, fast).key(IMAGES[1]) == EmbeddingCache(tmp_path, eager).key(IMAGES[1])
     with pytest.raises(ValueError, match=r"expects \(B, 3, 256, 256\)"):
         fast(x[:, :, :128])
+
+
+def test_onnxruntime_litemedsam_streams_keep_order_and_values(lite_inputs, tmp_path):
+    """Two concurrent 1-thread sessions give the single session's embeddings, in input order (odd batch of 3)."""
+    _, x = lite_inputs
+    path = tmp_path / "lite.onnx"
+    single = build_encoder("lite", backend="onnxruntime", onnx_path=path)
+    double = build_encoder("lite", backend="onnxruntime", onnx_path=path, streams=2)
+    assert len(double.net.sessions) == 2
+    batch = torch.cat([x, x[:1]])
+    with torch.inference_mode():
+        reference, out = single(batch), double(batch)
+    assert torch.allclose(out, reference, atol=1e-5)
+    assert torch.allclose(out[2], out[0], atol=1e-5) and not torch.allclose(out[1], out[0], atol=1e-2)
+    with pytest.raises(ValueError, match="needs an onnxruntime backend"):
+        build_encoder("lite", backend="torch", streams=2)
 
 
 def test_int8_litemedsam_is_approximate_with_its_own_cache_keys(lite_inputs, tmp_path):

@@ -103,8 +103,8 @@ def test_implausible_mask_leaves_image_unchanged_and_warns_with_file_name():
         LungPreprocessd("image", MODEL, mode="blur")
 
 
-@pytest.mark.parametrize("mode", ["mask", "crop"])
-def test_lung_preprocessing_config_merges_over_train_json_and_trains_one_epoch(tmp_path, mode):
+@pytest.mark.parametrize("mode", ["mask", "crop", "none"])
+def test_train_json_lung_mode_trains_one_epoch(tmp_path, mode):
     from monai.bundle import ConfigParser
 
     from custom.data.datalists import write_datalist
@@ -116,7 +116,7 @@ def test_lung_preprocessing_config_merges_over_train_json_and_trains_one_epoch(t
     write_datalist({"class_names": ["NORMAL", "PNEUMONIA"], "training": items("train", 4),
                     "validation": items("test", 2), "test": []}, tmp_path / "datalist.json")
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "lung_preprocessing.json")])
+    parser.read_config(str(ROOT / "configs" / "train.json"))
     parser.update({"bundle_root": str(ROOT), "dataset_dir": str(PEDIATRIC), "datalist_file": str(tmp_path / "datalist.json"),
                    "output_dir": str(tmp_path / "train"), "ckpt_dir": str(tmp_path / "models"), "max_epochs": 1,
                    "batch_size": 4, "image_size": [96, 96], "make_plots": False, "resume": False, "lung_mode": mode,
@@ -134,8 +134,28 @@ def test_lung_preprocessing_config_merges_over_train_json_and_trains_one_epoch(t
     assert cached.shape == plain.shape == (1, 96, 96)
     if mode == "mask":
         assert (cached == 0).float().mean() > 0.2 > (plain == 0).float().mean(), "mask mode must blank the non-lung area"
-    else:
+    elif mode == "crop":
         assert (cached - plain).abs().mean() > 0.02, "crop mode must zoom in on the lungs"
+    else:
+        assert torch.allclose(cached.as_tensor(), plain.as_tensor()), "mode none must leave the image as loaded"
+
+
+def test_lung_crop_is_the_default_in_training_and_inference_alike():
+    """The shipped model was trained on lung crops: train.json and inference.json must preprocess identically."""
+    from monai.bundle import ConfigParser
+
+    pipelines = {}
+    for name in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "configs" / name))
+        parser["bundle_root"] = str(ROOT)
+        assert parser["lung_mode"] == "crop", name
+        pipelines[name] = parser.get_parsed_content("preprocessing")
+    image = str(pediatric_images(1, "test")[0])
+    train_image, infer_image = (pipelines[n]({"image": image})["image"] for n in ("train.json", "inference.json"))
+    plain = load_unit(pediatric_images(1, "test")[0], size=tuple(train_image.shape[1:]))
+    assert torch.equal(train_image.as_tensor(), infer_image.as_tensor())
+    assert (train_image - plain).abs().mean() > 0.02, "the default pipeline must crop to the lungs"
 
 
 def run_script(*args: str) -> None:

@@ -5,7 +5,6 @@ Never downloads weights: every "pretrained" file is a seeded random torchvision 
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 from monai.networks.nets import DenseNet121
-from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityd
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
 from PIL import Image
 
 from custom.data.datalists import build_covid_radiography, kermany_items, write_datalist
@@ -23,7 +24,7 @@ from custom.handlers import OperatingPoint, SaliencyHandler
 from custom.heads import MedSAMClassifier
 from custom.networks import SmallCNN, TorchvisionClassifier
 from custom.saliency import Saliency, default_target_layer
-from custom.transforms import LoadCXR, LoadCXRd
+from custom.transforms import LoadCXR
 from custom.tsne import cached_embeddings, tsne_2d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +39,17 @@ MODEL = ROOT / "models" / "model.pt"
 pytestmark = [pytest.mark.skipif(not NORMAL.is_file(), reason=f"shared data not found at {SHARED}"),
               pytest.mark.usefixtures("single_thread")]
 
-load = Compose([LoadCXRd("image"), Resized("image", (224, 224), mode="area"), ScaleIntensityd("image"),
-                EnsureTyped("image", dtype=torch.float32)])
+
+
+def _shipped_preprocessing() -> tuple[Compose, int]:
+    """configs/inference.json `preprocessing` (what the shipped model sees: lung crop included) and its image side."""
+    parser = ConfigParser()
+    parser.read_config(ROOT / "configs" / "inference.json")
+    parser["bundle_root"] = str(ROOT)
+    return parser.get_parsed_content("preprocessing"), parser["image_size"][0]
+
+
+load, SIZE = _shipped_preprocessing()
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +61,14 @@ def resnet():
 
 @pytest.fixture(scope="module")
 def images():
-    return torch.stack([load({"image": str(p)})["image"] for p in (NORMAL, PNEUMONIA)])  # (2, 1, 224, 224)
+    return torch.stack([load({"image": str(p)})["image"] for p in (NORMAL, PNEUMONIA)])  # (2, 1, SIZE, SIZE)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "cam"])
 def test_shipped_model_saliency_shape_range_and_image_dependence(resnet, images, method):
     with torch.inference_mode():  # as inside an evaluator: the maps must still get gradients
         maps = Saliency(resnet, method)(images, 1)
-    assert maps.shape == (2, 1, 224, 224)
+    assert maps.shape == (2, 1, SIZE, SIZE)
     assert not maps.requires_grad and type(maps) is torch.Tensor
     assert maps.min() >= 0 and maps.max() <= 1
     for m in maps:
@@ -80,7 +90,7 @@ def test_default_target_layers_per_architecture(images):
         net.eval()
         assert default_target_layer(net) == layer
         maps = Saliency(net, "gradcam")(images[:1], 0)
-        assert maps.shape == (1, 1, 224, 224) and 0 <= maps.min() <= maps.max() <= 1
+        assert maps.shape == (1, 1, SIZE, SIZE) and 0 <= maps.min() <= maps.max() <= 1
     assert Saliency(nets["features"], "cam", target_layers="features.19").target_layers == "features.19"
     with pytest.raises(ValueError, match="CAM needs a global-pool"):
         Saliency(nets["net.features"], "cam")
