@@ -67,7 +67,8 @@ def images():
 @pytest.mark.parametrize("method", ["gradcam", "cam"])
 def test_shipped_model_saliency_shape_range_and_image_dependence(resnet, images, method):
     with torch.inference_mode():  # as inside an evaluator: the maps must still get gradients
-        maps = Saliency(resnet, method)(images, 1)
+        assert resnet(images).argmax(1).tolist() == [0, 1]  # both images are classified correctly
+        maps = Saliency(resnet, method)(images, [0, 1])  # each explained for its class, as the handler does
     assert maps.shape == (2, 1, SIZE, SIZE)
     assert not maps.requires_grad and type(maps) is torch.Tensor
     assert maps.min() >= 0 and maps.max() <= 1
