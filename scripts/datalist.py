@@ -23,9 +23,10 @@ def _write(datalist: dict, output: str, base_dir: str | None) -> None:
 
 
 def kermany(root: str, output: str, base_dir: str | None = None, val_fraction: float = 0.15, seed: int = 0,
-            scheme: str = "binary", domain: str = "pediatric") -> None:
-    """Kermany layout root/{train,val,test}/{NORMAL,PNEUMONIA}."""
-    _write(datalists.build_kermany(root, val_fraction, seed, scheme, domain), output, base_dir)
+            scheme: str = "binary", domain: str = "pediatric", test_fraction: float = 0.0) -> None:
+    """Kermany layout root/{train,val,test}/{NORMAL,PNEUMONIA}; --test_fraction carves a test split from train when
+    root has no test folder."""
+    _write(datalists.build_kermany(root, val_fraction, seed, scheme, domain, test_fraction), output, base_dir)
 
 
 def rsna(root: str, output: str, base_dir: str | None = None, labels_csv: str | None = None,

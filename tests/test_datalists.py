@@ -82,6 +82,20 @@ def test_kermany_split_determinism(kermany):
     assert images(other["validation"]) != images(kermany["validation"])
 
 
+def test_kermany_test_fraction_carves_a_patient_aware_test_split_from_a_train_only_copy():
+    hires = SHARED / "pediatric_cxr_hires512"
+    datalist = dl.build_kermany(hires, val_fraction=0.15, seed=0, test_fraction=0.2)
+    splits = [datalist[s] for s in ("training", "validation", "test")]
+    assert sum(len(s) for s in splits) == 1566
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            assert not patients(a) & patients(b)
+    assert abs(len(datalist["test"]) / 1566 - 0.2) <= 0.03 and all(counts(s)[0] > 0 for s in splits)
+    assert images(dl.build_kermany(hires, seed=0, test_fraction=0.2)["test"]) == images(datalist["test"])
+    with pytest.raises(ValueError, match="has an official test split"):
+        dl.build_kermany(KERMANY, test_fraction=0.2)
+
+
 def test_kermany_three_class():
     datalist = dl.build_kermany(KERMANY, scheme="three_class")
     assert datalist["class_names"] == ["NORMAL", "BACTERIAL", "VIRAL"]

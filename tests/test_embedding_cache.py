@@ -128,6 +128,24 @@ def test_key_changes_with_weights_preprocessing_and_content(filled, lite, tmp_pa
         EmbeddingCache(filled.dir, lite, preprocess_desc={"size": 1024, "keep_aspect": False})
 
 
+def test_frozen_config_keys_the_cache_on_the_encoder_keep_aspect_override(tmp_path):
+    """`--encoder_keep_aspect False` (plain resize) reaches the embedding cache: other preprocessing, other keys."""
+    from monai.bundle import ConfigParser
+
+    root = Path(__file__).resolve().parents[1]
+    caches = {}
+    for keep_aspect in (None, False):
+        parser = ConfigParser()
+        parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / "train_medsam_frozen.json")])
+        parser.update({"bundle_root": str(root), "cache_dir": str(tmp_path)})
+        if keep_aspect is not None:
+            parser["encoder_keep_aspect"] = keep_aspect
+        caches[keep_aspect] = parser.get_parsed_content("embedding_cache")
+    assert caches[None].preprocessing.keep_aspect is True  # LiteMedSAM's own pipeline pads
+    assert caches[False].preprocessing.keep_aspect is False
+    assert caches[None].key(NORMAL_1) != caches[False].key(NORMAL_1)
+
+
 def test_recovers_from_an_interrupted_write(filled, lite, tmp_path):
     folder = copy_cache(filled, tmp_path)
     encoder = CountingEncoder(lite)

@@ -146,10 +146,18 @@ def patient_split(items: Sequence[dict], val_fraction: float, seed: int) -> tupl
 
 
 def build_kermany(root: str | os.PathLike, val_fraction: float = 0.15, seed: int = 0, scheme: str = "binary",
-                  domain: str = "pediatric") -> dict:
-    """Kermany layout: training/validation carved from ``train`` (+ official ``val``), ``test`` = ``root/test``."""
+                  domain: str = "pediatric", test_fraction: float = 0.0) -> dict:
+    """Kermany layout: training/validation carved from ``train`` (+ official ``val``), ``test`` = ``root/test``.
+
+    test_fraction > 0 is for copies without a ``test`` folder (e.g. a train-only subset): the test split is then
+    carved from the same pool, patient-aware and seeded like validation. A root that has ``test`` refuses it.
+    """
     root = _require_dir(root)
     pool = kermany_items(root, "train", scheme, domain) + kermany_items(root, "val", scheme, domain)
+    if test_fraction > 0:
+        if (root / "test").is_dir():
+            raise ValueError(f"{root}: has an official test split; test_fraction={test_fraction} would replace it")
+        return _three_way(pool, LABEL_SCHEMES[scheme], val_fraction, test_fraction, seed)
     training, validation = patient_split(pool, val_fraction, seed)
     return {
         "training": training,
