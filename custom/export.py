@@ -116,9 +116,9 @@ class OnnxModule(nn.Module):
             return [self.sessions[k].run(None, {self.input_name: c})[0] for c in chunks[k::streams]]
 
         if streams == 1:
-            per_stream = [run_stream(0)]
+            by_stream = [run_stream(0)]
         else:  # onnxruntime releases the GIL while it runs
             with ThreadPoolExecutor(streams) as pool:
-                per_stream = list(pool.map(run_stream, range(streams)))
-        outputs = [per_stream[i % streams][i // streams] for i in range(len(chunks))]
+                by_stream = list(pool.map(run_stream, range(streams)))
+        outputs = [by_stream[i % streams][i // streams] for i in range(len(chunks))]
         return torch.from_numpy(np.concatenate(outputs)).to(x.device)

@@ -1,6 +1,6 @@
-"""MedSAM-encoder heads over several seeds through the bundle configs: pooling variants (avg, avg+max, attention, 4x4 grid) on the frozen encoder, and
-source-only / DANN / contrastive / DANN + contrastive (cached embeddings) and DANN + augmentation (live encoder, GPU)
-from a labelled source to an unlabelled target domain. Reports the official source test split (checkpoint and
+"""MedSAM-encoder heads over several seeds through the bundle configs: pooling variants (avg, avg+max, attention,
+4x4 grid) on the frozen encoder, and source-only / DANN / contrastive / DANN + contrastive (cached embeddings) and
+DANN + augmentation (live encoder, GPU) from a labelled source to an unlabelled target domain. Reports the official source test split (checkpoint and
 threshold picked on validation) and, for the domain methods, the target's labelled evaluation part (never used in
 training). Finished (method, seed) runs are reused, so an interrupted benchmark resumes. Writes
 `<output_dir>/summary.json` and prints Markdown tables.

@@ -142,17 +142,15 @@ def test_train_json_lung_mode_trains_one_epoch(tmp_path, mode):
 
 def test_lung_crop_is_the_default_in_training_and_inference_alike():
     """The shipped model was trained on lung crops: train.json and inference.json must preprocess identically."""
-    from monai.bundle import ConfigParser
+    from bundle.deploy.predict import bundle_parser
 
     pipelines = {}
-    for name in ("train.json", "inference.json"):
-        parser = ConfigParser()
-        parser.read_config(str(ROOT / "configs" / name))
-        parser["bundle_root"] = str(ROOT)
+    for name in ("train", "inference"):
+        parser = bundle_parser(ROOT, name)
         assert parser["lung_mode"] == "crop", name
         pipelines[name] = parser.get_parsed_content("preprocessing")
     image = str(pediatric_images(1, "test")[0])
-    train_image, infer_image = (pipelines[n]({"image": image})["image"] for n in ("train.json", "inference.json"))
+    train_image, infer_image = (pipelines[n]({"image": image})["image"] for n in ("train", "inference"))
     plain = load_unit(pediatric_images(1, "test")[0], size=tuple(train_image.shape[1:]))
     assert torch.equal(train_image.as_tensor(), infer_image.as_tensor())
     assert (train_image - plain).abs().mean() > 0.02, "the default pipeline must crop to the lungs"

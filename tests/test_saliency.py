@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from monai.networks.nets import DenseNet121
-from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from PIL import Image
 
+from bundle.deploy.predict import bundle_parser
 from custom.data.datalists import build_covid_radiography, kermany_items, write_datalist
 from custom.embedding_cache import EmbeddingCache
 from custom.encoders import build_encoder, encoder_preprocess
@@ -43,9 +43,7 @@ pytestmark = [pytest.mark.skipif(not NORMAL.is_file(), reason=f"shared data not 
 
 def _shipped_preprocessing() -> tuple[Compose, int]:
     """configs/inference.json `preprocessing` (what the shipped model sees: lung crop included) and its image side."""
-    parser = ConfigParser()
-    parser.read_config(ROOT / "configs" / "inference.json")
-    parser["bundle_root"] = str(ROOT)
+    parser = bundle_parser(ROOT)
     return parser.get_parsed_content("preprocessing"), parser["image_size"][0]
 
 
