@@ -1,18 +1,35 @@
-"""Helpers of the seed-sweep benchmark scripts (`scripts/benchmark_cnn.py`, `scripts/benchmark_medsam.py`): run
-`python -m monai.bundle` with merged configs, parse list arguments, and summarise metrics over seeds as mean and
-sample standard deviation."""
+"""Helpers of the seed-sweep benchmark scripts (`scripts/benchmark_cnn.py`, `scripts/benchmark_medsam.py`).
+
+Protocol: every run is trained with the options' own overrides and one shared ``split_seed``, then evaluated with
+its validation-picked checkpoint and threshold on the validation split *and* the test split. Options are compared
+on validation only (`pick_on_validation`); test metrics are reported, never used for a choice. A finished run is
+reused only if its stored key (merged config hash + datalist hash + code version) equals today's, otherwise it is
+run again from scratch.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from monai.bundle import ConfigParser
+
+from custom.io import write_json
+from custom.provenance import code_version, config_hash, datalist_hash
+
+logger = logging.getLogger(__name__)
 
 REPORTED = ("accuracy", "roc_auc", "sensitivity", "specificity", "f1")
+VALIDATION_REPORTED = ("roc_auc", "accuracy", "sensitivity", "specificity", "ece")
+SPLITS = ("validation", "test")
+RULE = "highest mean validation ROC-AUC over seeds (ties within 0.001: higher mean validation accuracy)"
 
 
 def run_bundle(*args: str) -> None:
@@ -20,9 +37,9 @@ def run_bundle(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "monai.bundle", *args], check=True)
 
 
-def parse_list(value, cast=str) -> list:
-    """Comma-separated string, or what fire makes of one (a tuple for ``a,b``, an int for ``0``) -> `cast` values."""
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+def parse_list(value, cast=str, sep: str = ",") -> list:
+    """`sep`-separated string, or what fire makes of one (a tuple for ``a,b``, an int for ``0``) -> `cast` values."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(sep)
     return [cast(v) for v in items]
 
 
@@ -31,23 +48,70 @@ def config_arg(files: Sequence[str]) -> str:
     return "[" + ",".join(f"'{f}'" for f in files) + "]"
 
 
+def parse_overrides(args: Sequence[str]) -> dict:
+    """``["--id", "value", "--flag=value", ...]`` -> ``{id: value}``, values read as Python literals where they
+    are one (as fire reads them for ``monai.bundle run``), else kept as strings."""
+    overrides, args = {}, list(args)
+    while args:
+        name = args.pop(0)
+        if not name.startswith("--"):
+            raise ValueError(f"expected an --id before {name!r} in {args}")
+        name, _, value = name[2:].partition("=")
+        if not _:
+            value = args.pop(0)
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value
+    return overrides
+
+
+def run_key(configs: Sequence[str], args: Sequence[str], root: str | Path = ".") -> dict:
+    """What identifies a run: hash of the merged config with `args` applied, hash of its datalist, code version."""
+    parser = ConfigParser()
+    parser.read_config(list(configs))
+    parser.update(parse_overrides(args))
+    key = {"config_hash": config_hash(parser.get()), "datalist_hash": datalist_hash(parser.get_parsed_content("datalist")),
+           "code_version": code_version(root)}
+    return {**key, "key": "-".join(v[:16] for v in key.values())}
+
+
 def train_and_evaluate(run_dir: str | Path, configs: Sequence[str], args: Sequence[str]) -> dict:
-    """Test metrics of one run: ``training`` with `configs` (output ``run_dir/train``), then ``evaluating`` with
-    `configs` + ``configs/evaluate.json`` (``run_dir/eval``), both with the overrides `args`; a run whose
-    ``eval/test_metrics.json`` exists is reused, not rerun."""
+    """``{"validation": metrics, "test": metrics}`` of one run: ``training`` with `configs` (output
+    ``run_dir/train``), then ``evaluating`` with `configs` + ``configs/evaluate.json`` on the validation split
+    (``run_dir/eval_validation``) and the test split (``run_dir/eval``), all with the overrides `args`. Stored in
+    ``run_dir/run.json`` with the run key; reused while the key matches, rerun from scratch when it does not."""
     run_dir = Path(run_dir)
-    metrics_file = run_dir / "eval" / "test_metrics.json"
-    if not metrics_file.exists():
-        run_bundle("run", "training", "--config_file", config_arg(configs), "--output_dir", str(run_dir / "train"), *args)
+    record_file = run_dir / "run.json"
+    key = run_key(configs, args)
+    if record_file.exists():
+        record = json.loads(record_file.read_text())
+        if record.get("key") == key["key"]:
+            return {split: record[split] for split in SPLITS}
+        logger.warning("%s: stored run key %s != %s (config, data or code changed): running it again",
+                       run_dir, record.get("key"), key["key"])
+        shutil.rmtree(run_dir)
+    run_bundle("run", "training", "--config_file", config_arg(configs), "--output_dir", str(run_dir / "train"), *args)
+    record = {**key, "configs": list(configs), "args": list(args)}
+    for split, folder in (("validation", "eval_validation"), ("test", "eval")):
         run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
-                   "--output_dir", str(run_dir / "eval"), *args)
-    return json.loads(metrics_file.read_text())
+                   "--output_dir", str(run_dir / folder), "--eval_split", split, *args)
+        record[split] = json.loads((run_dir / folder / f"{split}_metrics.json").read_text())
+    write_json(record, record_file)
+    return {split: record[split] for split in SPLITS}
 
 
 def mean_std(results: Sequence[Mapping[str, float]], keys: Sequence[str] = REPORTED) -> dict:
     """``{key: {"mean", "std"}}`` over `results` (std: sample standard deviation, 0 for a single result)."""
     return {k: {"mean": float(np.mean([r[k] for r in results])),
                 "std": float(np.std([r[k] for r in results], ddof=1)) if len(results) > 1 else 0.0} for k in keys}
+
+
+def pick_on_validation(validation: Mapping[str, Mapping]) -> str:
+    """The winning option under `RULE`, from ``{option: mean_std(validation results)}`` alone."""
+    best_auc = max(stats["roc_auc"]["mean"] for stats in validation.values())
+    close = [o for o, stats in validation.items() if stats["roc_auc"]["mean"] >= best_auc - 0.001]
+    return max(close, key=lambda o: validation[o]["accuracy"]["mean"])
 
 
 def markdown_table(rows: Mapping[str, Mapping], seeds: int, keys: Sequence[str] = REPORTED) -> str:
@@ -57,3 +121,11 @@ def markdown_table(rows: Mapping[str, Mapping], seeds: int, keys: Sequence[str] 
         cells = " | ".join(f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}" for k in keys)
         lines.append(f"| {name} | {seeds} | {cells} |")
     return "\n".join(lines)
+
+
+def validation_first_report(summary: Mapping, seeds: int) -> str:
+    """Validation table, the rule and its winner, then the test table (for reporting only)."""
+    return "\n".join([
+        "Validation (shared split_seed; decides):", markdown_table(summary["validation"], seeds, VALIDATION_REPORTED),
+        f"Rule: {summary['rule']} -> winner: {summary['winner']}", "",
+        "Test (reported, never used for a choice):", markdown_table(summary["test"], seeds)])

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 from sklearn import metrics as skm
+
+BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
+_BOOTSTRAP_CHUNK = 256  # replicates resampled at once: memory stays at a few (chunk, N) float arrays
 
 
 def select_threshold(labels: np.ndarray, scores: np.ndarray, method: str = "youden",
@@ -31,8 +35,33 @@ def select_threshold(labels: np.ndarray, scores: np.ndarray, method: str = "youd
     raise ValueError(f"unknown threshold method {method!r}; use 'youden', 'sensitivity' or 'fixed'")
 
 
+def calibration_bins(labels: np.ndarray, scores: np.ndarray,
+                     n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Equal-width bins of (N,) positive-class probabilities in [0, 1] against (N,) 0/1 labels.
+
+    Returns (n_bins,) image counts, mean predicted probability and observed positive fraction per bin (NaN where a
+    bin is empty), and the expected calibration error ECE = sum_b n_b / N * |observed_b - predicted_b|.
+    """
+    labels = np.asarray(labels, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    if labels.shape != scores.shape or not labels.size:
+        raise ValueError(f"calibration needs equal-length, non-empty labels and scores; "
+                         f"got {labels.shape} and {scores.shape}")
+    if scores.min() < 0 or scores.max() > 1:
+        raise ValueError(f"calibration needs probabilities in [0, 1]; got [{scores.min():.3g}, {scores.max():.3g}]")
+    index = np.minimum((scores * n_bins).astype(int), n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        predicted = np.bincount(index, weights=scores, minlength=n_bins) / counts
+        observed = np.bincount(index, weights=labels, minlength=n_bins) / counts
+    filled = counts > 0
+    ece = float(np.sum(counts[filled] / labels.size * np.abs(observed[filled] - predicted[filled])))
+    return counts, predicted, observed, ece
+
+
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
-    """Accuracy, precision, recall (sensitivity), specificity, F1, ROC-AUC, PR-AUC and the confusion matrix
+    """Accuracy, precision, recall (sensitivity), specificity, F1, ROC-AUC, PR-AUC, expected calibration error (10
+    bins) and the confusion matrix
     [[TN, FP], [FN, TP]] of (N,) 0/1 labels against (N,) positive-class probabilities at `threshold`."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
@@ -50,6 +79,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "roc_auc": float(skm.roc_auc_score(labels, scores)) if both_classes else float("nan"),
         "pr_auc": float(skm.average_precision_score(labels, scores)) if both_classes else float("nan"),
+        "ece": calibration_bins(labels, scores)[3] if labels.size else float("nan"),
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
     }
 
@@ -102,6 +132,113 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
     out["loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(labels.size), labels], 1e-7, 1.0))))
     out["class_names"] = list(class_names)
     return out
+
+
+def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndarray | None = None,
+                        n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> dict:
+    """Percentile bootstrap (1 - alpha) intervals of accuracy, sensitivity, specificity and ROC-AUC of (N,) 0/1
+    labels against (N,) positive-class probabilities decided as `scores >= threshold`.
+
+    With (N,) `groups` (patient ids) whole groups are resampled with replacement (cluster bootstrap), else images.
+    Returns `{metric: {"estimate", "low", "high", "n_skipped"}, "n_boot", "n_groups"}`; `n_skipped` counts the
+    replicates where the metric is undefined (a class missing), left out of the percentiles.
+    """
+    estimate = binary_metrics(labels, scores, threshold)
+    n_groups, (replicates,) = _bootstrap_replicates(labels, [(scores, threshold)], groups, n_boot, seed)
+    out = {}
+    for name in BOOTSTRAP_METRICS:
+        low, high, skipped = _percentile_interval(replicates[name], alpha)
+        out[name] = {"estimate": estimate[name], "low": low, "high": high, "n_skipped": skipped}
+    return {**out, "n_boot": int(n_boot), "n_groups": n_groups}
+
+
+def paired_bootstrap(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, threshold_a: float,
+                     threshold_b: float, groups: np.ndarray | None = None, n_boot: int = 2000, alpha: float = 0.05,
+                     seed: int = 0) -> dict:
+    """Paired bootstrap of model B against model A on the same (N,) 0/1 labels: both (N,) score vectors are
+    evaluated on the same image or `groups` (patient) resamples, as in `bootstrap_intervals`.
+
+    Returns `{metric: {"a", "b", "difference" (b - a), "low", "high", "p_value", "n_skipped"}, "n_boot",
+    "n_groups"}` with a percentile interval of the difference and the two-sided bootstrap p-value
+    2 * min(P(diff <= 0), P(diff >= 0)), capped at 1.
+    """
+    a, b = binary_metrics(labels, scores_a, threshold_a), binary_metrics(labels, scores_b, threshold_b)
+    n_groups, (rep_a, rep_b) = _bootstrap_replicates(labels, [(scores_a, threshold_a), (scores_b, threshold_b)],
+                                                     groups, n_boot, seed)
+    out = {}
+    for name in BOOTSTRAP_METRICS:
+        diff = rep_b[name] - rep_a[name]
+        low, high, skipped = _percentile_interval(diff, alpha)
+        defined = diff[~np.isnan(diff)]
+        p_value = min(1.0, 2 * min(np.mean(defined <= 0), np.mean(defined >= 0))) if defined.size else float("nan")
+        out[name] = {"a": a[name], "b": b[name], "difference": b[name] - a[name], "low": low, "high": high,
+                     "p_value": float(p_value), "n_skipped": skipped}
+    return {**out, "n_boot": int(n_boot), "n_groups": n_groups}
+
+
+def _bootstrap_replicates(labels: np.ndarray, models: list[tuple[np.ndarray, float]], groups: np.ndarray | None,
+                          n_boot: int, seed: int) -> tuple[int, list[dict[str, np.ndarray]]]:
+    """Number of groups and, per `(scores, threshold)` model, the (n_boot,) replicate values of each bootstrap
+    metric (NaN where undefined). Every replicate draws G groups with replacement (groups = images without
+    `groups`); a replicate's metrics are those of the original rows weighted by how often their group was drawn."""
+    labels = np.asarray(labels).astype(int)
+    codes = np.arange(labels.size) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    if labels.size == 0 or n_boot < 1:
+        raise ValueError(f"bootstrap needs at least one sample and one replicate, got {labels.size} and {n_boot}")
+    if any(np.shape(s) != labels.shape for s, _ in models) or codes.shape != labels.shape:
+        raise ValueError(f"labels {labels.shape}, scores {[np.shape(s) for s, _ in models]} and groups "
+                         f"{codes.shape} must all be (N,)")
+    n_groups = int(codes.max()) + 1
+    statistics = [_group_statistics(labels, np.asarray(s, dtype=np.float64), t, codes, n_groups) for s, t in models]
+    rng = np.random.default_rng(seed)
+    chunks = [[] for _ in models]
+    for start in range(0, n_boot, _BOOTSTRAP_CHUNK):
+        size = min(_BOOTSTRAP_CHUNK, n_boot - start)
+        draws = rng.integers(0, n_groups, (size, n_groups)) + n_groups * np.arange(size)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=size * n_groups).reshape(size, n_groups).astype(np.float64)
+        for stats, chunk in zip(statistics, chunks):
+            chunk.append(_weighted_metrics(counts, stats))
+    return n_groups, [{name: np.concatenate([c[name] for c in chunk]) for name in BOOTSTRAP_METRICS}
+                      for chunk in chunks]
+
+
+def _group_statistics(labels: np.ndarray, scores: np.ndarray, threshold: float, codes: np.ndarray,
+                      n_groups: int) -> dict:
+    """Per group (G,) counts of images, correct decisions, positives, true positives, negatives and true negatives,
+    and (G, U) sparse counts of positives / negatives per distinct score (U distinct scores, ascending)."""
+    n = labels.size
+    predicted, positive, negative = scores >= threshold, labels == 1, labels == 0
+    members = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
+    score_bins = sparse.csr_matrix((np.ones(n), (np.arange(n), np.unique(scores, return_inverse=True)[1].ravel())))
+    columns = {"n": np.ones(n), "correct": predicted == positive, "positive": positive, "tp": positive & predicted,
+               "negative": negative, "tn": negative & ~predicted}
+    return {**{name: members @ column.astype(np.float64) for name, column in columns.items()},
+            "positive_scores": members @ sparse.diags(positive.astype(np.float64)) @ score_bins,
+            "negative_scores": members @ sparse.diags(negative.astype(np.float64)) @ score_bins}
+
+
+def _weighted_metrics(counts: np.ndarray, stats: dict) -> dict[str, np.ndarray]:
+    """(B,) bootstrap metrics from (B, G) group draw counts. ROC-AUC is the Mann-Whitney statistic
+    P(positive score > negative score) + P(tie) / 2, which equals scikit-learn's trapezoidal ROC-AUC."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        positive_scores = (stats["positive_scores"].T @ counts.T).T  # (B, U) positives per distinct score
+        negative_scores = (stats["negative_scores"].T @ counts.T).T
+        negatives_below = np.cumsum(negative_scores, axis=1) - negative_scores
+        pairs = counts @ stats["positive"] * (counts @ stats["negative"])
+        wins = np.sum(positive_scores * (negatives_below + negative_scores / 2), axis=1)
+        return {"accuracy": counts @ stats["correct"] / (counts @ stats["n"]),
+                "sensitivity": counts @ stats["tp"] / (counts @ stats["positive"]),
+                "specificity": counts @ stats["tn"] / (counts @ stats["negative"]),
+                "roc_auc": np.where(pairs > 0, wins / pairs, np.nan)}
+
+
+def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float, int]:
+    """(alpha / 2, 1 - alpha / 2) percentiles of the defined (non-NaN) replicate values and the NaN count."""
+    defined = values[~np.isnan(values)]
+    if not defined.size:
+        return float("nan"), float("nan"), int(values.size)
+    low, high = np.percentile(defined, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high), int(values.size - defined.size)
 
 
 def _ratio(numerator, denominator) -> float:

@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from custom.io import atomic_path  # noqa: E402
+from custom.metrics import calibration_bins  # noqa: E402
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
@@ -154,30 +155,6 @@ def plot_precision_recall(labels: np.ndarray, scores: np.ndarray, path: str | os
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     save_figure(fig, path)
-
-
-def calibration_bins(labels: np.ndarray, scores: np.ndarray,
-                     n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Equal-width bins of (N,) positive-class probabilities in [0, 1] against (N,) 0/1 labels.
-
-    Returns (n_bins,) image counts, mean predicted probability and observed positive fraction per bin (NaN where a
-    bin is empty), and the expected calibration error ECE = sum_b n_b / N * |observed_b - predicted_b|.
-    """
-    labels = np.asarray(labels, dtype=float)
-    scores = np.asarray(scores, dtype=float)
-    if labels.shape != scores.shape or not labels.size:
-        raise ValueError(f"calibration needs equal-length, non-empty labels and scores; "
-                         f"got {labels.shape} and {scores.shape}")
-    if scores.min() < 0 or scores.max() > 1:
-        raise ValueError(f"calibration needs probabilities in [0, 1]; got [{scores.min():.3g}, {scores.max():.3g}]")
-    index = np.minimum((scores * n_bins).astype(int), n_bins - 1)
-    counts = np.bincount(index, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        predicted = np.bincount(index, weights=scores, minlength=n_bins) / counts
-        observed = np.bincount(index, weights=labels, minlength=n_bins) / counts
-    filled = counts > 0
-    ece = float(np.sum(counts[filled] / labels.size * np.abs(observed[filled] - predicted[filled])))
-    return counts, predicted, observed, ece
 
 
 def plot_calibration(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike, n_bins: int = 10) -> float:

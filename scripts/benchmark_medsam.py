@@ -1,8 +1,10 @@
 """MedSAM-encoder heads over several seeds through the bundle configs: pooling variants (avg, avg+max, attention,
 4x4 grid) on the frozen encoder, and source-only / DANN / contrastive / DANN + contrastive (cached embeddings) and
-DANN + augmentation (live encoder, GPU) from a labelled source to an unlabelled target domain. Reports the official source test split (checkpoint and
-threshold picked on validation) and, for the domain methods, the target's labelled evaluation part (never used in
-training). Finished (method, seed) runs are reused, so an interrupted benchmark resumes. Writes
+DANN + augmentation (live encoder, GPU) from a labelled source to an unlabelled target domain. All seeds share one
+validation split (`split_seed`); the winner is picked on source validation only; then the official source test split
+and, for the domain methods, the target's labelled evaluation part (never used in training or for a choice) are
+reported. Finished (method, seed) runs are reused while their run key matches, so an interrupted benchmark resumes.
+Writes
 `<output_dir>/summary.json` and prints Markdown tables.
 
     python scripts/embed.py --datalist kermany.json --cache_dir runs/embeddings --backend onnxruntime  # fill the cache
@@ -18,7 +20,8 @@ from pathlib import Path
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.benchmark import REPORTED, markdown_table, mean_std, parse_list, train_and_evaluate  # noqa: E402
+from custom.benchmark import (RULE, REPORTED, VALIDATION_REPORTED, markdown_table, mean_std, parse_list,  # noqa: E402
+                              pick_on_validation, train_and_evaluate, validation_first_report)
 from custom.io import write_json  # noqa: E402
 
 FROZEN = ["configs/train.json", "configs/train_medsam_frozen.json"]
@@ -50,26 +53,32 @@ def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None
     if target_dataset_dir is None and DOMAIN_METHODS & set(methods):
         raise ValueError("the domain methods need --target_dataset_dir (COVID-19 Radiography layout)")
     summary = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
-               "runs": {}, "test": {}, "target": {}}
+               "seeds": seeds, "rule": RULE, "runs": {}, "validation": {}, "test": {}, "target": {}}
     for method in methods:
         configs, overrides = METHODS[method]
         domain = method in DOMAIN_METHODS
-        test, target = [], []
+        validation, test, target = [], [], []
         for seed in seeds:
             run = Path(output_dir, method, f"seed{seed}")
             common = ["--dataset_dir", dataset_dir, "--cache_dir", cache_dir, "--seed", str(seed),
                       "--ckpt_dir", str(run / "models"), "--make_plots", "False", *overrides,
                       *(["--target_dataset_dir", target_dataset_dir] if domain else []), *extra.split()]
-            test.append(train_and_evaluate(run, configs, common))
-            summary["runs"][f"{method}/seed{seed}"] = {"test": {k: test[-1][k] for k in (*REPORTED, "threshold")}}
+            metrics = train_and_evaluate(run, configs, common)
+            validation.append(metrics["validation"])
+            test.append(metrics["test"])
+            summary["runs"][f"{method}/seed{seed}"] = {
+                "validation": {k: validation[-1][k] for k in (*VALIDATION_REPORTED, "threshold")},
+                "test": {k: test[-1][k] for k in (*REPORTED, "threshold")}}
             if domain:
                 target.append(json.loads((run / "train" / "target_metrics.json").read_text()))
                 summary["runs"][f"{method}/seed{seed}"]["target"] = {k: target[-1][k] for k in REPORTED}
+        summary["validation"][method] = mean_std(validation, VALIDATION_REPORTED)
         summary["test"][method] = mean_std(test)
         if domain:
             summary["target"][method] = mean_std(target)
-        write_json(summary, Path(output_dir, "summary.json"))
-    print("Source: official test split\n" + markdown_table(summary["test"], len(seeds)))
+    summary["winner"] = pick_on_validation(summary["validation"])
+    write_json(summary, Path(output_dir, "summary.json"))
+    print(validation_first_report(summary, len(seeds)))
     if summary["target"]:
         print("\nTarget: labelled evaluation part\n" + markdown_table(summary["target"], len(seeds)))
 

@@ -1,13 +1,22 @@
-"""Tests for custom.metrics against hand-computed confusion counts and scikit-learn / torch references."""
+"""Tests for custom.metrics against hand-computed confusion counts and scikit-learn / torch references, and the
+bootstrap intervals on the real Kermany test labels (with `scripts/report.py bootstrap`)."""
 
+import json
 import math
+import runpy
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn import metrics as skm
 
-from custom.metrics import binary_metrics, classification_metrics, multiclass_metrics, select_threshold
+from custom.data.datalists import kermany_patient_id
+from custom.metrics import (BOOTSTRAP_METRICS, binary_metrics, bootstrap_intervals, classification_metrics,
+                            multiclass_metrics, paired_bootstrap, select_threshold)
 
 # 4 negatives, 6 positives. At threshold 0.5: TN = 3 (0.1, 0.4, 0.2), FP = 1 (0.6), FN = 2 (0.3, 0.45), TP = 4.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -181,3 +190,154 @@ def test_classification_metrics_multiclass_loss():
     # a zero probability on the true class is clipped, not infinite
     zero = classification_metrics(np.array([1, 0]), np.array([[1.0, 0.0], [1.0, 0.0]]), ["NORMAL", "PNEUMONIA"])
     assert zero["loss"] == pytest.approx(-np.log(1e-7) / 2)
+
+
+# ---------------------------------------------------------------------------------------------------- bootstrap
+KERMANY_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "pediatric_cxr" / "test"
+
+
+def noisy_scores(labels, signal=1.0, seed=0):
+    """Deterministic positive-class probabilities: sigmoid(signal * (+-1) + standard gaussian noise)."""
+    noise = np.random.default_rng(seed).normal(size=len(labels))
+    return 1 / (1 + np.exp(-(signal * (2 * np.asarray(labels) - 1) + noise)))
+
+
+def width(interval, name):
+    return interval[name]["high"] - interval[name]["low"]
+
+
+@pytest.fixture(scope="module")
+def kermany_test():
+    """(N,) labels (PNEUMONIA = 1) and patient ids of the 624 real official Kermany test images, from file names."""
+    files = sorted(p for c in ("NORMAL", "PNEUMONIA") for p in (KERMANY_TEST / c).iterdir())
+    labels = np.array([p.parent.name == "PNEUMONIA" for p in files], dtype=int)
+    return labels, np.array([kermany_patient_id(p.name) for p in files]), files
+
+
+def test_bootstrap_interval_contains_estimate_on_real_labels(kermany_test):
+    labels, groups, _ = kermany_test
+    scores = noisy_scores(labels)
+    out = bootstrap_intervals(labels, scores, 0.5, groups=groups)
+    assert out["n_boot"] == 2000 and out["n_groups"] == len(set(groups)) < len(labels)
+    reference = binary_metrics(labels, scores, 0.5)
+    for name in BOOTSTRAP_METRICS:
+        assert out[name]["estimate"] == reference[name], name
+        assert 0 <= out[name]["low"] < out[name]["estimate"] < out[name]["high"] <= 1, name
+        assert out[name]["n_skipped"] == 0, name
+    assert out == bootstrap_intervals(labels, scores, 0.5, groups=groups)  # seeded
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_bootstrap_replicate_matches_binary_metrics_on_the_resample(kermany_test, grouped):
+    # with n_boot=1 the interval is the one replicate: the rows of default_rng(seed).integers(0, G, G) drawn groups
+    labels, groups, _ = kermany_test
+    scores = np.round(noisy_scores(labels), 1)  # many ties: checks the ROC-AUC tie handling against scikit-learn
+    ids, codes = np.unique(groups, return_inverse=True) if grouped else (labels, np.arange(labels.size))
+    for seed in range(3):
+        drawn = np.random.default_rng(seed).integers(0, len(ids), len(ids))
+        rows = np.concatenate([np.flatnonzero(codes == g) for g in drawn])
+        reference = binary_metrics(labels[rows], scores[rows], 0.5)
+        out = bootstrap_intervals(labels, scores, 0.5, groups=groups if grouped else None, n_boot=1, seed=seed)
+        for name in BOOTSTRAP_METRICS:
+            assert out[name]["low"] == out[name]["high"] == pytest.approx(reference[name], abs=1e-12), (seed, name)
+
+
+def test_bootstrap_interval_narrows_with_more_images(kermany_test):
+    labels, groups, _ = kermany_test
+    scores = noisy_scores(labels)
+    subset = np.random.default_rng(1).choice(labels.size, 100, replace=False)
+    small = bootstrap_intervals(labels[subset], scores[subset], 0.5, groups=groups[subset])
+    full = bootstrap_intervals(labels, scores, 0.5, groups=groups)
+    for name in BOOTSTRAP_METRICS:
+        assert width(full, name) < 0.75 * width(small, name), name  # ~ sqrt(100 / 624) = 0.4 expected
+
+
+def test_bootstrap_resamples_patients_not_images(kermany_test):
+    # 5 copies of every image inside its patient: the same patients, so the cluster bootstrap is unchanged (weights
+    # scale by 5), while an image bootstrap takes the copies for independent evidence and narrows by ~sqrt(5)
+    labels, groups, _ = kermany_test
+    scores = noisy_scores(labels)
+    copies = [np.repeat(a, 5) for a in (labels, scores, groups)]
+    cluster = bootstrap_intervals(labels, scores, 0.5, groups=groups)
+    cluster_copies = bootstrap_intervals(*copies[:2], 0.5, groups=copies[2])
+    images_copies = bootstrap_intervals(*copies[:2], 0.5)
+    assert cluster_copies["n_groups"] == cluster["n_groups"] and images_copies["n_groups"] == 5 * labels.size
+    for name in BOOTSTRAP_METRICS:
+        assert cluster_copies[name]["low"] == pytest.approx(cluster[name]["low"]), name
+        assert cluster_copies[name]["high"] == pytest.approx(cluster[name]["high"]), name
+        assert width(images_copies, name) < 0.6 * width(cluster_copies, name), name
+
+
+def test_bootstrap_skips_replicates_missing_a_class():
+    labels = np.array([0] * 9 + [1])
+    scores = np.linspace(0.05, 0.95, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = bootstrap_intervals(labels, scores, 0.5, n_boot=500)
+        # P(no positive drawn) = 0.9 ** 10 = 0.35: those replicates have no sensitivity or ROC-AUC
+        for name in ("sensitivity", "roc_auc"):
+            assert 100 < out[name]["n_skipped"] < 250 and not math.isnan(out[name]["low"]), name
+        assert out["accuracy"]["n_skipped"] == out["specificity"]["n_skipped"] == 0
+        negatives_only = bootstrap_intervals(np.zeros(10), scores, 0.5, n_boot=50)
+    assert negatives_only["sensitivity"]["n_skipped"] == 50 and math.isnan(negatives_only["sensitivity"]["low"])
+    with pytest.raises(ValueError, match="must all be"):
+        bootstrap_intervals(labels, scores, 0.5, groups=np.arange(5))
+
+
+def test_paired_bootstrap_self_and_better_model(kermany_test):
+    labels, groups, _ = kermany_test
+    weak, strong = noisy_scores(labels, 1.0, seed=0), noisy_scores(labels, 3.0, seed=1)
+    same = paired_bootstrap(labels, weak, weak, 0.5, 0.5, groups=groups)
+    better = paired_bootstrap(labels, weak, strong, 0.5, 0.5, groups=groups)
+    single = bootstrap_intervals(labels, weak, 0.5, groups=groups)
+    assert same["n_groups"] == better["n_groups"] == single["n_groups"] and better["n_boot"] == 2000
+    for name in BOOTSTRAP_METRICS:
+        assert same[name]["a"] == same[name]["b"] == single[name]["estimate"], name
+        assert same[name]["difference"] == same[name]["low"] == same[name]["high"] == 0, name
+        assert same[name]["p_value"] == 1.0, name
+        assert better[name]["difference"] == pytest.approx(better[name]["b"] - better[name]["a"])
+        assert 0 < better[name]["low"] < better[name]["difference"] < better[name]["high"], name
+        assert better[name]["p_value"] < 0.01, name
+    # swapping the models mirrors the difference and its interval
+    worse = paired_bootstrap(labels, strong, weak, 0.5, 0.5, groups=groups)
+    assert worse["roc_auc"]["high"] == pytest.approx(-better["roc_auc"]["low"])
+
+
+def write_predictions(path, files, labels, scores):
+    """A predictions CSV as custom/handlers/report.py writes it."""
+    names = np.array(["NORMAL", "PNEUMONIA"])
+    pd.DataFrame({"file": [str(f) for f in files], "prob_NORMAL": 1 - scores, "prob_PNEUMONIA": scores,
+                  "predicted_label": names[(scores >= 0.5).astype(int)], "true_label": names[labels]}
+                 ).to_csv(path, index=False)
+
+
+def test_bootstrap_report_command(kermany_test, tmp_path, monkeypatch, capsys):
+    labels, groups, files = kermany_test
+    rows = np.r_[0:20, len(labels) - 20:len(labels)]  # 20 NORMAL and 20 PNEUMONIA images
+    scores = noisy_scores(labels[rows])
+    write_predictions(tmp_path / "a.csv", [files[i] for i in rows], labels[rows], scores)
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "report.py")
+
+    def report(*args):
+        monkeypatch.setattr(sys, "argv", [script, "bootstrap", "--predictions", str(tmp_path / "a.csv"), *args])
+        runpy.run_path(script, run_name="__main__")
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    printed = report("--threshold", "0.5", "--n_boot", "200", "--output", str(tmp_path / "out" / "ci.json"))
+    written = json.loads((tmp_path / "out" / "ci.json").read_text())
+    assert written == printed
+    assert set(written) == {*BOOTSTRAP_METRICS, "n_boot", "n_groups"} and written["n_boot"] == 200
+    assert written["n_groups"] == len(set(groups[rows]))
+    for name in BOOTSTRAP_METRICS:
+        assert {"estimate", "low", "high"} <= set(written[name])
+        assert written[name]["low"] <= written[name]["estimate"] <= written[name]["high"], name
+
+    order = np.random.default_rng(0).permutation(len(rows))  # rows are matched by file, not position
+    write_predictions(tmp_path / "b.csv", [files[rows[i]] for i in order], labels[rows][order], scores[order] ** 2)
+    paired = report("--threshold", "0.5", "--other", str(tmp_path / "b.csv"), "--other_threshold", "0.25")
+    assert paired["roc_auc"]["difference"] == pytest.approx(0)  # squaring keeps the ranking
+    assert paired["accuracy"]["difference"] == 0 and paired["accuracy"]["p_value"] == 1  # same decisions
+    assert {"a", "b", "difference", "low", "high", "p_value"} <= set(paired["sensitivity"])
+    write_predictions(tmp_path / "c.csv", [files[i] for i in rows[1:]], labels[rows[1:]], scores[1:])
+    with pytest.raises(ValueError, match="same files once each: 40 and 39 rows, 1 files only in the first"):
+        report("--threshold", "0.5", "--other", str(tmp_path / "c.csv"), "--other_threshold", "0.5")

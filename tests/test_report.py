@@ -72,7 +72,7 @@ def test_evaluation_writes_self_contained_report(run):
 
 
 def test_calibration_bins_match_direct_computation(run):
-    from custom.plots import calibration_bins
+    from custom.metrics import calibration_bins
 
     table = pd.read_csv(run / "eval" / "test_predictions.csv")
     labels = (table["true_label"] == "PNEUMONIA").to_numpy(float)
