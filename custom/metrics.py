@@ -5,24 +5,41 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 from sklearn import metrics as skm
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 _BOOTSTRAP_CHUNK = 256  # replicates resampled at once: memory stays at a few (chunk, N) float arrays
 
 
+THRESHOLD_METHODS = ("youden", "sensitivity", "fixed", "platt", "kfold_youden")
+
+
 def select_threshold(labels: np.ndarray, scores: np.ndarray, method: str = "youden",
-                     target_sensitivity: float = 0.95) -> float:
+                     target_sensitivity: float = 0.95, folds: int = 5) -> float:
     """Decision threshold on the positive-class probability, chosen on validation data.
 
     Args:
         labels: (N,) 0/1 ground truth.
         scores: (N,) positive-class probability.
         method: "youden" (max sensitivity + specificity - 1), "sensitivity" (highest threshold whose sensitivity
-            reaches `target_sensitivity`) or "fixed" (0.5).
+            reaches `target_sensitivity`), "fixed" (0.5; also what temperature scaling then 0.5 decides, since a
+            temperature keeps the sign of the logit), "platt" (0.5 after Platt scaling, a logistic fit of the labels
+            on the logit of the scores) or "kfold_youden" (mean of the Youden thresholds of the `folds` stratified,
+            seeded training parts of the data: a steadier estimate than one Youden threshold).
     """
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"unknown threshold method {method!r}; use one of {THRESHOLD_METHODS}")
     if method == "fixed" or len(np.unique(labels)) < 2:
         return 0.5
+    if method == "platt":
+        logit = np.log(np.clip(scores, 1e-7, 1 - 1e-7) / np.clip(1 - scores, 1e-7, 1))
+        fit = LogisticRegression(C=1e6).fit(logit[:, None], labels)
+        return float(1 / (1 + np.exp(fit.intercept_[0] / fit.coef_[0, 0])))  # logit where a * logit + b = 0
+    if method == "kfold_youden":
+        splits = StratifiedKFold(min(folds, int(np.bincount(labels).min())), shuffle=True, random_state=0)
+        return float(np.mean([select_threshold(labels[part], scores[part]) for part, _ in splits.split(scores, labels)]))
     fpr, tpr, thresholds = skm.roc_curve(labels, scores, drop_intermediate=False)
     thresholds = np.clip(thresholds, 0.0, 1.0)  # sklearn's first threshold is +inf
     if method == "youden":
@@ -30,9 +47,21 @@ def select_threshold(labels: np.ndarray, scores: np.ndarray, method: str = "youd
         # every threshold in (thresholds[last + 1], thresholds[first]] is optimal: take the middle of that interval
         lower = thresholds[best[-1] + 1] if best[-1] + 1 < len(thresholds) else thresholds[best[-1]]
         return float((thresholds[best[0]] + lower) / 2)
-    if method == "sensitivity":
-        return float(thresholds[np.argmax(tpr >= target_sensitivity)])
-    raise ValueError(f"unknown threshold method {method!r}; use 'youden', 'sensitivity' or 'fixed'")
+    return float(thresholds[np.argmax(tpr >= target_sensitivity)])
+
+
+def cross_fitted_accuracy(labels: np.ndarray, scores: np.ndarray, method: str, groups: np.ndarray | None = None,
+                          folds: int = 5, target_sensitivity: float = 0.95) -> float:
+    """Accuracy of a threshold rule on data it was not fitted on: the (N,) validation images are split into `folds`
+    parts (by `groups`, e.g. patients, when given), the threshold is picked by `method` on the other parts and
+    applied to each part in turn; returns the accuracy over all N. Compares rules on validation alone."""
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64)
+    groups = np.arange(labels.size) if groups is None else np.asarray(groups)
+    correct = np.zeros(labels.size, dtype=bool)
+    for fit, held in GroupKFold(folds, shuffle=True, random_state=0).split(scores, labels, groups):
+        threshold = select_threshold(labels[fit], scores[fit], method, target_sensitivity)
+        correct[held] = (scores[held] >= threshold) == labels[held]
+    return float(correct.mean())
 
 
 def calibration_bins(labels: np.ndarray, scores: np.ndarray,

@@ -15,6 +15,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from custom.lung_segmentation import load_lung_unet, segment_lungs
 
 MODES = ("crop", "mask", "none")
+STATUS_KEY = "lung_preprocessing"  # what the transform did to an item: "applied", "fallback" (implausible mask) or "none"
 
 
 def lung_bbox(mask: torch.Tensor, margin: float) -> tuple[list[int], list[int]]:
@@ -42,7 +43,8 @@ class LungPreprocessd(MapTransform):
     * ``mode="none"``: passes the data through untouched (the UNet is never loaded).
 
     When the postprocessed mask covers less than ``min_area`` or more than ``max_area`` of the image, the image is
-    returned unmodified with a `UserWarning` naming the file. The UNet (``model_path``) is loaded once per process on
+    returned unmodified with a `UserWarning` naming the file. What was done is recorded in the item under
+    `STATUS_KEY` ("applied", "fallback" or "none"), so that reports can list it per image. The UNet (``model_path``) is loaded once per process on
     first use and runs on ``device``. With ``mask_key``, the (1, W, H) bool lung mask is stored under that key as well.
     """
 
@@ -62,6 +64,7 @@ class LungPreprocessd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
+        d[STATUS_KEY] = "none"
         if self.mode == "none":
             return d
         net = load_lung_unet(self.model_path, self.device)
@@ -77,8 +80,10 @@ class LungPreprocessd(MapTransform):
             if not self.min_area <= area <= self.max_area:
                 warnings.warn(f"{name}: implausible lung mask ({area:.1%} of the image, expected "
                               f"{self.min_area:.0%}-{self.max_area:.0%}); image left unmodified", stacklevel=2)
+                d[STATUS_KEY] = "fallback"
                 continue
             d[key] = self._crop(image, mask) if self.mode == "crop" else self._mask(image, mask)
+            d[STATUS_KEY] = "applied"
         return d
 
     def _crop(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,13 @@
 """Embedding-extraction speed of the MedSAM encoders (images/s) in eager PyTorch, fp32 and bf16 autocast, at several
-batch sizes, with FLOPs per image (torch's FLOP counter) and the achieved TFLOP/s. Prints one JSON line.
+batch sizes, with FLOPs per image (torch's FLOP counter) and the achieved TFLOP/s. Prints one JSON line (date,
+command, device, versions, rows); `--results_file` also writes it.
 
     python scripts/benchmark_encoders.py --variants lite,vit_b --vit_b_checkpoint /path/medsam_vit_b.pth \
-        --batch_sizes 1,32,128 --device cuda
+        --batch_sizes 1,32,128 --device cuda --results_file docs/results/encoders_h100.json
 ViT-B without a checkpoint is timed with random weights (speed does not depend on the weights values).
 """
 
-import datetime
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.encoders import build_encoder  # noqa: E402
-from custom.timing import best_seconds  # noqa: E402
+from custom.io import write_json  # noqa: E402
+from custom.timing import best_seconds, run_record  # noqa: E402
 
 
 def _encoder(variant: str, vit_b_checkpoint: str | None) -> torch.nn.Module:
@@ -37,11 +37,10 @@ def _list(value) -> list:
 
 
 def main(variants="lite", vit_b_checkpoint: str | None = None, batch_sizes="1", dtypes="fp32,bf16",
-         device: str | None = None, repeats: int = 3) -> None:
+         device: str | None = None, repeats: int = 3, results_file: str | None = None) -> None:
+    """Random [0, 1] inputs; best of `repeats` after a warm-up. results_file: JSON path written atomically."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
-              "date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
-              "torch": torch.__version__, "results": []}
+    rows = []
     for variant in _list(variants):
         encoder = _encoder(variant, vit_b_checkpoint).to(device)
         size = encoder.input_size
@@ -57,11 +56,13 @@ def main(variants="lite", vit_b_checkpoint: str | None = None, batch_sizes="1", 
                         encoder(images)
 
                 seconds = best_seconds(run, repeats, device)
-                result["results"].append({"variant": variant, "dtype": dtype, "batch": batch, "input": size,
-                                           "gflop_per_image": round(flops / 1e9, 1),
-                                           "images_per_s": round(batch / seconds, 2),
-                                           "tflop_per_s": round(flops * batch / seconds / 1e12, 3)})
+                rows.append({"variant": variant, "dtype": dtype, "batch": batch, "input": size,
+                             "gflop_per_image": round(flops / 1e9, 1), "images_per_s": round(batch / seconds, 2),
+                             "tflop_per_s": round(flops * batch / seconds / 1e12, 3)})
+    result = {**run_record(device), "repeats": repeats, "rows": rows}
     print(json.dumps(result))
+    if results_file:
+        write_json(result, results_file)
 
 
 if __name__ == "__main__":

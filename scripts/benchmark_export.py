@@ -1,15 +1,15 @@
-"""CPU images/s of the exported paths side by side, printed as a Markdown table (and one JSON line):
+"""CPU images/s of the exported paths side by side, printed as a Markdown table (and one JSON line, also written to
+`--results_file` with date, command, device and versions):
 the shipped CNN (eager, TorchScript, ONNX Runtime fp32) and the LiteMedSAM encoder (eager fp32, eager bf16 autocast,
 ONNX Runtime fp32 with one or two concurrent sessions, ONNX Runtime int8 dynamic quantisation), on real preprocessed
 images, with the agreement with eager (max abs difference of CNN probabilities; min cosine of encoder embeddings).
 Every path runs one image per call except the two-session one, which gets all encoder images in one call.
 
-    OMP_NUM_THREADS=2 python scripts/benchmark_export.py --images ../shared/data/pediatric_cxr/test
+    OMP_NUM_THREADS=2 python scripts/benchmark_export.py --images ../shared/data/pediatric_cxr/test \
+        --encoder_images 16 --results_file docs/results/export_cpu.json
 """
 
-import datetime
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.timing import best_seconds  # noqa: E402
+from custom.timing import best_seconds, run_record  # noqa: E402
 
 
-def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path) -> list[dict]:
+def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path, repeats: int) -> list[dict]:
     from monai.bundle import ConfigParser
 
     from custom.export import OnnxModule, export_onnx
@@ -38,10 +38,10 @@ def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path) -> list[
     paths = {"eager": net, "TorchScript (trace + freeze)": scripted,
              "ONNX Runtime fp32": OnnxModule(export_onnx(net, workdir / "cnn.onnx", [1, *x.shape[1:]]))}
     return _rows(f"CNN {parser.get('network_def#arch', 'network_def')}", paths, x, "max abs dP",
-                 lambda ref, out: f"{(ref.softmax(1) - out.softmax(1)).abs().max():.1e}")
+                 lambda ref, out: (ref.softmax(1) - out.softmax(1)).abs().max(), repeats)
 
 
-def _encoder(images: list[str], workdir: Path) -> list[dict]:
+def _encoder(images: list[str], workdir: Path, repeats: int) -> list[dict]:
     from custom.encoders import AutocastEncoder, OnnxEncoder, build_encoder, encoder_preprocess
     from custom.transforms import LoadCXR
 
@@ -54,14 +54,14 @@ def _encoder(images: list[str], workdir: Path) -> list[dict]:
              streams: OnnxEncoder(eager, workdir / "lite.onnx", streams=2),
              "ONNX Runtime int8 dynamic (approximate)": OnnxEncoder(eager, workdir / "lite-int8.onnx", int8=True)}
     return _rows("LiteMedSAM encoder", paths, x, "min cosine",
-                 lambda ref, out: f"{F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min():.5f}",
+                 lambda ref, out: F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min(), repeats,
                  batches={streams: len(x)})
 
 
 def _rows(model: str, paths: dict, x: torch.Tensor, agreement: str, compare, repeats: int = 2,
           batches: dict | None = None) -> list[dict]:
     """One row per path: images/s over `x` in calls of `batches[path]` images (default 1; best of `repeats`),
-    agreement with the first path."""
+    agreement with the first path (`agreement` names `compare`'s number)."""
     rows = []
     with torch.inference_mode():
         reference = paths[next(iter(paths))](x[:2])
@@ -69,28 +69,45 @@ def _rows(model: str, paths: dict, x: torch.Tensor, agreement: str, compare, rep
             b = (batches or {}).get(name, 1)
             seconds = best_seconds(lambda: [net(x[i:i + b]) for i in range(0, len(x), b)], repeats)
             rows.append({"model": model, "path": name, "batch": b, "images_per_s": round(len(x) / seconds, 2),
-                         "vs eager": f"{agreement} {compare(reference, net(x[:2]))}"})
+                         "agreement_metric": agreement, "agreement": float(compare(reference, net(x[:2])))})
     return rows
 
 
+def _agreement(row: dict, first: bool) -> str:
+    if first:
+        return "(reference)"
+    return f"{row['agreement_metric']} {row['agreement']:{'.5f' if 'cosine' in row['agreement_metric'] else '.1e'}}"
+
+
 def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16, encoder_images: int = 8,
-         config: str = "configs/inference.json", ckpt_path: str = "models/model.pt") -> None:
-    """Times `cnn_images` / `encoder_images` real images (sorted, alternating classes) from `images`."""
+         config: str = "configs/inference.json", ckpt_path: str = "models/model.pt", repeats: int = 2,
+         results_file: str | None = None) -> None:
+    """Times `cnn_images` / `encoder_images` real images (sorted, alternating classes) from `images`, best of
+    `repeats` passes; `encoder_images 0` skips the encoder. results_file: JSON path written atomically."""
     from custom.data import inference_items
+    from custom.io import write_json
 
     items = [it["image"] for it in inference_items(images)]
     normal = [p for p in items if "NORMAL" in p]
     pneumonia = [p for p in items if "NORMAL" not in p]
     mixed = [p for pair in zip(normal, pneumonia) for p in pair]
     with tempfile.TemporaryDirectory() as tmp:
-        rows = _cnn(mixed[:cnn_images], config, ckpt_path, Path(tmp)) + _encoder(mixed[:encoder_images], Path(tmp))
-    device = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"{device}, {datetime.date.today().isoformat()}, `python {' '.join(sys.argv)}`\n")
+        rows = _cnn(mixed[:cnn_images], config, ckpt_path, Path(tmp), repeats)
+        if encoder_images > 0:
+            rows += _encoder(mixed[:encoder_images], Path(tmp), repeats)
+    record = run_record("cpu", packages=("onnxruntime",))
+    cpu = record["device"]
+    print(f"{cpu['cpu']}, {cpu['torch_threads']} threads, {record['date']}, `{record['command']}`\n")
     print("| model | path | batch | images/s | agreement with eager |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['path']} | {r['batch']} | {r['images_per_s']} | {r['vs eager']} |")
-    print(json.dumps({"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                      "rows": rows}))
+    for i, r in enumerate(rows):
+        first = i == 0 or rows[i - 1]["model"] != r["model"]
+        print(f"| {r['model']} | {r['path']} | {r['batch']} | {r['images_per_s']} | {_agreement(r, first)} |")
+    result = {**record, "images": images, "cnn_images": len(mixed[:cnn_images]),
+              "encoder_images": len(mixed[:encoder_images]) if encoder_images > 0 else 0, "repeats": repeats,
+              "rows": rows}
+    print(json.dumps(result))
+    if results_file:
+        write_json(result, results_file)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 """Load test of a running MONAI Label server for this bundle (see bundle/monailabel): real images uploaded to
 `/infer/<model>?output=json`, first one at a time, then `concurrency` at a time, then corrupt uploads (truncated
 JPEGs and text files) that must all be answered 4xx. Prints per phase: requests, failures, p50/p95 latency (ms) and
-throughput (requests/s), then one JSON line with device, date and command (written to `output` if given).
+throughput (requests/s), then one JSON line with date, command, the client's device, versions and one row per phase
+(also written to `--results_file` if given).
 
     .venv-monailabel/bin/python scripts/load_test_monailabel.py --url http://127.0.0.1:8000 \\
-        --images ../shared/data/pediatric_cxr/test
+        --images ../shared/data/pediatric_cxr/test --results_file docs/results/monailabel_load.json
 """
 
-import datetime
 import json
-import platform
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from itertools import cycle, islice
 from pathlib import Path
@@ -63,11 +63,13 @@ def corrupt_uploads(images: list[Path], n: int) -> list[tuple[str, bytes]]:
 
 def main(url: str = "http://127.0.0.1:8000", model: str = "cxr_pneumonia_classification",
          images: str = "../shared/data/pediatric_cxr/test", requests_per_phase: int = 200, concurrency: int = 8,
-         corrupt: int = 20, timeout: float = 120.0, device: str = "", output: str = "") -> None:
+         corrupt: int = 20, timeout: float = 120.0, device: str = "", results_file: str = "", output: str = "") -> None:
     """Args: url of the server; model id; images: folder searched recursively for real images (cycled);
     requests_per_phase: uploads in the sequential and in the concurrent phase; corrupt: bad uploads;
-    device: free text naming the server's machine for the report; output: optional JSON path."""
+    device: free text naming the server's machine (recorded as `server`; `device` describes this client's machine);
+    results_file: JSON path written atomically with what is printed; output: older name of results_file."""
     from custom.io import write_json
+    from custom.timing import run_record
 
     files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -76,26 +78,28 @@ def main(url: str = "http://127.0.0.1:8000", model: str = "cxr_pneumonia_classif
     infer_url = f"{url.rstrip('/')}/infer/{model}"
     uploads = [(p.name, p.read_bytes()) for p in islice(cycle(files), requests_per_phase)]
 
-    report = {"device": device or f"server at {url}; client {platform.machine()}",
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(["python", *sys.argv]), "images": len(files)}
+    rows = []
     for phase, workers in (("sequential", 1), ("concurrent", concurrency)):
         summary, results = run_phase(infer_url, uploads, workers, timeout)
         failures = [r for r in results if r[1] != 200]
-        summary["failures"] = len(failures)
-        summary["first_failure"] = failures[0][2] if failures else ""
-        report[phase] = summary
+        rows.append({"run": phase, **summary, "failures": len(failures),
+                     "first_failure": failures[0][2] if failures else ""})
         print(f"{phase:>10}: {summary['requests']} requests x{workers}: p50 {summary['p50_ms']} ms, "
               f"p95 {summary['p95_ms']} ms, {summary['throughput_per_s']} req/s, failures {len(failures)}")
 
-    _, results = run_phase(infer_url, corrupt_uploads(files, corrupt), concurrency, timeout)
+    summary, results = run_phase(infer_url, corrupt_uploads(files, corrupt), concurrency, timeout)
     statuses = [r[1] for r in results]
-    report["corrupt"] = {"requests": len(statuses), "4xx": sum(400 <= s < 500 for s in statuses),
-                         "5xx": sum(s >= 500 for s in statuses), "other": sum(s < 400 for s in statuses)}
-    print(f"{'corrupt':>10}: {report['corrupt']}")
+    bad = {"4xx": sum(400 <= s < 500 for s in statuses), "5xx": sum(s >= 500 for s in statuses),
+           "other": sum(s < 400 for s in statuses),
+           "statuses": {str(k): v for k, v in sorted(Counter(statuses).items())}}
+    rows.append({"run": "corrupt", **summary, **bad})
+    print(f"{'corrupt':>10}: {summary['requests']} requests x{concurrency}: 4xx {bad['4xx']}, 5xx {bad['5xx']}, "
+          f"other {bad['other']} (statuses {bad['statuses']})")
+    report = {**run_record(), "server": device or f"server at {url}", "url": url, "model": model,
+              "images": len(files), "rows": rows}
     print(json.dumps(report))
-    if output:
-        write_json(report, output)
+    if results_file or output:
+        write_json(report, results_file or output)
 
 
 if __name__ == "__main__":

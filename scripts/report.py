@@ -1,12 +1,15 @@
 """Reports on an evaluation run's outputs.
 
     # metrics of a predictions CSV at any decision threshold, e.g. the validation-picked one vs 0.5
-    python scripts/report.py threshold --predictions runs/eval/test_predictions.csv --threshold 0.5
+    python scripts/report.py threshold --predictions runs/eval/test_predictions.csv --threshold 0.5 \
+        [--results_file docs/results/shipped_test_threshold_0.5.json]
     # patient-level bootstrap 95 % intervals at a threshold, optionally paired against a second model's predictions
     python scripts/report.py bootstrap --predictions runs/eval/test_predictions.csv --threshold 0.42 \
         [--other runs/eval_b/test_predictions.csv --other_threshold 0.5] [--output bootstrap.json]
     # self-contained report.html for an evaluation folder (and the training run's plots)
     python scripts/report.py html --eval_dir runs/eval --train_dir runs/train
+    # how a checkpoint was trained (bundle version, commit, config, seeds, data hash, times, versions, device)
+    python scripts/report.py provenance models/model.pt [--config True]
 """
 
 import json
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.io import write_json  # noqa: E402
 from custom.metrics import binary_metrics, bootstrap_intervals, paired_bootstrap  # noqa: E402
 from custom.report_html import build_report  # noqa: E402
+from custom.timing import run_record  # noqa: E402
 
 
 def _labelled(predictions: str, positive: str) -> pd.DataFrame:
@@ -33,10 +37,15 @@ def _labelled(predictions: str, positive: str) -> pd.DataFrame:
     return table
 
 
-def threshold(predictions: str, threshold: float = 0.5, positive: str = "PNEUMONIA") -> None:
-    """Prints the binary metrics of a predictions CSV (file, prob_<class>..., true_label) at `threshold`."""
+def threshold(predictions: str, threshold: float = 0.5, positive: str = "PNEUMONIA",
+              results_file: str | None = None) -> None:
+    """Prints the binary metrics of a predictions CSV (file, prob_<class>..., true_label) at `threshold`;
+    `results_file` also gets them, atomically, after the date, command, device and versions."""
     table = _labelled(predictions, positive)
     result = binary_metrics((table["true_label"] == positive).to_numpy(), table[f"prob_{positive}"].to_numpy(), threshold)
+    if results_file is not None:
+        write_json({**run_record(packages=("scikit-learn",)), "predictions": predictions, "positive": positive,
+                    **result}, results_file)
     print(json.dumps(result))
 
 
@@ -78,5 +87,14 @@ def html(eval_dir: str, train_dir: str | None = None, prefix: str | None = None,
     print(build_report(eval_dir, train_dir, prefix, output))
 
 
+def provenance(checkpoint: str, config: bool = False) -> None:
+    """Prints a checkpoint's provenance record as JSON (`config=True`: with the full merged config)."""
+    import torch  # here, so that the other sub-commands start without it
+    record = torch.load(checkpoint, map_location="cpu", weights_only=True).get("provenance")
+    if record is None:
+        raise ValueError(f"{checkpoint}: no provenance recorded (trained before bundle 0.5.0, or not by train.json)")
+    print(json.dumps(record if config else {k: v for k, v in record.items() if k != "config"}, indent=2))
+
+
 if __name__ == "__main__":
-    fire.Fire({"threshold": threshold, "bootstrap": bootstrap, "html": html})
+    fire.Fire({"threshold": threshold, "bootstrap": bootstrap, "html": html, "provenance": provenance})

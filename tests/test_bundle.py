@@ -51,8 +51,8 @@ def trained(tmp_path_factory) -> Path:
 
 
 def test_training_writes_checkpoint_threshold_metrics_and_plots(trained):
-    checkpoint = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=False)
-    assert set(checkpoint) == {"model", "operating_point"}
+    checkpoint = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(checkpoint) == {"model", "operating_point", "provenance"}
     assert checkpoint["operating_point"]["method"] == "youden"
     assert 0.0 <= checkpoint["operating_point"]["threshold"] <= 1.0
     history = json.loads((trained / "train" / "history.json").read_text())
@@ -66,14 +66,66 @@ def test_training_writes_checkpoint_threshold_metrics_and_plots(trained):
     assert list((trained / "train").glob("events.out.tfevents.*")), "TensorBoard log missing"
 
 
+def test_checkpoint_carries_provenance_and_report_prints_it(trained):
+    from custom.data.datalists import build_kermany
+    from custom.provenance import datalist_hash
+
+    record = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)["provenance"]
+    assert record["seed"] == 0 and record["split_seed"] == 0 and record["bundle"]["version"]
+    assert record["datalist_hash"] == datalist_hash(build_kermany(SAMPLE, val_fraction=0.15, seed=0))
+    assert record["datalist_sizes"] == {"training": 229, "validation": 41, "test": 60}
+    assert record["config"]["image_size"] == [64, 64] and record["config"]["network_def"]["arch"] == "resnet18"
+    assert len(record["config_hash"]) == 64 and record["git"]["commit"] != ""
+    assert record["started_at"] <= record["saved_at"] and record["versions"]["torch"] == torch.__version__
+    assert "--max_epochs 2" in record["command"] and record["device"] == "cpu"
+    printed = subprocess.run([sys.executable, "scripts/report.py", "provenance", str(trained / "models" / "model.pt")],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert json.loads(printed) == {k: v for k, v in record.items() if k != "config"}
+
+
 def test_training_resumes_from_last_epoch(trained):
     weights_before = torch.load(trained / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
     result = train(trained, epochs=3)
     assert "resumed from" in result.stdout + result.stderr
+    resumed = torch.load(trained / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=True)["provenance"]
+    assert resumed["started_at"] == weights_before["provenance"]["started_at"], "resume keeps the original record"
+    assert len(resumed["resumed_at"]) == 1 and "--max_epochs 3" in resumed["resumed_at"][0]["command"]
     history = json.loads((trained / "train" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert (trained / "models" / "checkpoint_epoch=3.pt").exists()
     assert weights_before["trainer"]["iteration"] == 2 * weights_before["trainer"]["epoch_length"]
+
+
+def test_resume_refuses_a_checkpoint_of_other_data_then_starts_over(trained, tmp_path):
+    """The README sequence: the sample run, then another dataset with the same --ckpt_dir: it must not 'resume'."""
+    shutil.copytree(trained / "models", tmp_path / "models")
+    tiny_datalist(tmp_path / "other.json", train_per_class=8, val_per_class=4)
+    other = ["--datalist_file", str(tmp_path / "other.json"), "--make_plots", "False"]
+    refused = train(tmp_path, *other, epochs=4, check=False)
+    assert refused.returncode != 0 and "Epoch[" not in refused.stdout + refused.stderr, "stopped before training"
+    message = refused.stdout + refused.stderr
+    assert "will not resume" in message and "data (datalist)" in message
+    assert "--resume False" in message and "--ckpt_dir" in message
+    fresh = train(tmp_path, *other, "--resume", "False", epochs=1)
+    assert "resumed from" not in fresh.stdout + fresh.stderr
+    assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    record = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)["provenance"]
+    assert record["datalist_sizes"]["training"] == 16
+    changed = train(tmp_path, *other, "--learning_rate", "0.01", epochs=2, check=False)
+    assert changed.returncode != 0 and "its config differ" in changed.stdout + changed.stderr
+
+
+def test_seeds_share_the_validation_split_of_one_split_seed():
+    from monai.bundle import ConfigParser
+
+    def validation(**overrides):
+        parser = ConfigParser()
+        parser.read_config("configs/train.json")
+        parser.update({"bundle_root": str(ROOT), **overrides})
+        return [item["image"] for item in parser.get_parsed_content("datalist")["validation"]]
+
+    assert validation(seed=0) == validation(seed=1) == validation(seed=2, split_seed=0)
+    assert validation(split_seed=1) != validation(split_seed=0)
 
 
 def test_evaluate_on_test_split(trained):
@@ -115,6 +167,9 @@ def test_inference_predicts_good_files_and_lists_bad_ones(trained, tmp_path):
     for r in rows:
         assert float(r["prob_NORMAL"]) + float(r["prob_PNEUMONIA"]) == pytest.approx(1.0, abs=1e-4)
         assert r["predicted_label"] in ("NORMAL", "PNEUMONIA")
+        assert r["lung_preprocessing"] in ("applied", "fallback"), "the lung step says what it did per image"
+    fallbacks = sum(r["lung_preprocessing"] == "fallback" for r in rows)
+    assert json.loads((out / "inference_metrics.json").read_text()) == {"n": len(rows), "lung_fallbacks": fallbacks}
     bad = {Path(r["file"]).name: r["reason"] for r in csv.DictReader(open(out / "bad_files.csv"))}
     assert set(bad) == {"notes.txt", "empty.png", "truncated.jpeg"}
     assert "empty" in bad["empty.png"]
@@ -254,15 +309,40 @@ def test_benchmark_lists_parse_what_fire_passes():
     assert parse_list("resnet18") == ["resnet18"] and parse_list(("a", "b")) == ["a", "b"]
 
 
-def test_benchmark_script_aggregates_seeds_and_resumes(tmp_path):
-    args = [sys.executable, "scripts/benchmark_cnn.py", "--dataset_dir", str(SAMPLE), "--models", "small_cnn",
-            "--seeds", "0,1", "--max_epochs", "1", "--output_dir", str(tmp_path),
-            "--extra=--image_size [64,64] --make_plots False"]
-    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
+def test_benchmark_picks_on_validation_only():
+    from custom.benchmark import pick_on_validation
+
+    stats = lambda auc, acc: {"roc_auc": {"mean": auc}, "accuracy": {"mean": acc}}  # noqa: E731
+    assert pick_on_validation({"a": stats(0.95, 0.9), "b": stats(0.97, 0.8)}) == "b"
+    assert pick_on_validation({"a": stats(0.9700, 0.9), "b": stats(0.9705, 0.8)}) == "a", "tie -> accuracy"
+
+
+def test_benchmark_compares_on_validation_reuses_matching_runs_and_reruns_changed_ones(tmp_path):
+    base = [sys.executable, "scripts/benchmark_cnn.py", "--dataset_dir", str(SAMPLE), "--models", "small_cnn",
+            "--max_epochs", "1", "--output_dir", str(tmp_path), "--vary", "learning_rate"]
+    fast = "--extra=--image_size [64,64] --make_plots False"
+    args = [*base, "--seeds", "0,1", "--values", "0.001;0.003", fast]
+    first = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    runs = [summary["runs"][f"small_cnn/seed{s}"] for s in (0, 1)]
-    stats = summary["models"]["small_cnn"]
-    assert stats["accuracy"]["mean"] == pytest.approx((runs[0]["accuracy"] + runs[1]["accuracy"]) / 2)
-    assert stats["roc_auc"]["std"] == pytest.approx(abs(runs[0]["roc_auc"] - runs[1]["roc_auc"]) / 2 ** 0.5)
+    options = ["small_cnn/learning_rate=0.001", "small_cnn/learning_rate=0.003"]
+    assert list(summary["validation"]) == options == list(summary["test"])
+    for option in options:
+        runs = [summary["runs"][f"{option}/seed{s}"] for s in (0, 1)]
+        for split in ("validation", "test"):
+            mean = (runs[0][split]["roc_auc"] + runs[1][split]["roc_auc"]) / 2
+            assert summary[split][option]["roc_auc"]["mean"] == pytest.approx(mean)
+        record = json.loads((tmp_path / "small_cnn" / option.split("/")[1] / "seed0" / "run.json").read_text())
+        assert record["validation"]["n"] == 41 and record["test"]["n"] == 60 and "ece" in record["validation"]
+    best = max(options, key=lambda o: summary["validation"][o]["roc_auc"]["mean"])
+    assert summary["winner"] == best or abs(summary["validation"][best]["roc_auc"]["mean"]
+                                            - summary["validation"][summary["winner"]]["roc_auc"]["mean"]) <= 0.001
+    out = first.stdout
+    assert out.index("Validation") < out.index("Rule:") < out.index("Test (reported") and summary["winner"] in out
     again = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
-    assert "| small_cnn | 2 |" in again.stdout and "Epoch" not in again.stderr, "finished runs must be reused"
+    assert "Epoch[" not in again.stderr, "finished runs with the same key must be reused"
+    key_before = json.loads((tmp_path / "small_cnn" / "learning_rate=0.001" / "seed0" / "run.json").read_text())["key"]
+    changed = subprocess.run([*base, "--seeds", "0", "--values", "0.001", fast + " --label_smoothing 0.1"],
+                             cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
+    assert "running it again" in changed.stderr and "Epoch[" in changed.stderr
+    record = json.loads((tmp_path / "small_cnn" / "learning_rate=0.001" / "seed0" / "run.json").read_text())
+    assert record["key"] != key_before and "--label_smoothing" in record["args"]

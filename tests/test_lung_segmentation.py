@@ -98,7 +98,9 @@ def test_implausible_mask_leaves_image_unchanged_and_warns_with_file_name():
     strict = LungPreprocessd("image", MODEL, mode="crop", min_area=0.9, max_area=1.0)
     with pytest.warns(UserWarning, match=f"{path.name}: implausible lung mask"):
         out = strict({"image": image.clone()})
-    assert torch.equal(out["image"], image)
+    assert torch.equal(out["image"], image) and out["lung_preprocessing"] == "fallback"
+    assert LungPreprocessd("image", MODEL, mode="crop")({"image": image.clone()})["lung_preprocessing"] == "applied"
+    assert LungPreprocessd("image", MODEL, mode="none")({"image": image.clone()})["lung_preprocessing"] == "none"
     with pytest.raises(ValueError, match="mode must be one of"):
         LungPreprocessd("image", MODEL, mode="blur")
 

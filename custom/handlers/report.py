@@ -14,8 +14,9 @@ import torch
 from ignite.engine import Engine, Events
 
 from custom.io import atomic_path, write_json
-from custom.metrics import classification_metrics, select_threshold
+from custom.metrics import bootstrap_intervals, classification_metrics, select_threshold
 from custom.plots import plot_confusion_matrix, plot_roc_pr
+from custom.transforms_lung import STATUS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ class OperatingPoint:
 
 class ClassificationReport:
     """Collects an evaluator's per-image outputs and, at the end of each evaluation run, writes
-    `{prefix}_predictions.csv` (file, probability per class, predicted label[, true label]) and, where labels
-    exist, `{prefix}_metrics.json` plus PNG plots, and puts the scalar metrics in `engine.state.metrics` as
+    `{prefix}_predictions.csv` (file, probability per class, predicted label[, true label][, what the lung step
+    did: `custom.transforms_lung.STATUS_KEY`]) and `{prefix}_metrics.json` (the count, lung fallbacks and, where
+    labels exist, the metrics) plus PNG plots, and puts the scalar metrics in `engine.state.metrics` as
     `{prefix}_{name}` (so StatsHandler, TensorBoard, early stopping and checkpointing can use them).
 
     Expects decollated outputs with "pred" = (C,) class probabilities and "label" = class index or (C,) one-hot
@@ -49,16 +51,20 @@ class ClassificationReport:
         class_names: C names, index order.
         prefix: file and metric prefix, e.g. "val" or "test".
         operating_point: binary tasks decide with its threshold; None -> 0.5 (argmax for C > 2).
-        select_threshold: if set ("youden", "sensitivity", "fixed"), choose the threshold on this run's data and
-            store it in `operating_point` first (use on validation only, never on test).
+        select_threshold: if set (a `custom.metrics.THRESHOLD_METHODS` rule), choose the threshold on this run's
+            data and store it in `operating_point` first (use on validation only, never on test).
         target_sensitivity: for select_threshold="sensitivity".
         plots: write the PNG plots.
         predictions_filename: name of the predictions CSV (default `{prefix}_predictions.csv`).
+        bootstrap: binary tasks: this many bootstrap replicates for 95 % intervals of accuracy, sensitivity,
+            specificity and ROC-AUC, resampling patients (the items' "patient_id") where known, in the metrics JSON
+            as "intervals"; 0: none.
     """
 
     def __init__(self, output_dir: str, class_names: list[str], prefix: str = "val",
                  operating_point: OperatingPoint | None = None, select_threshold: str | None = None,
-                 target_sensitivity: float = 0.95, plots: bool = True, predictions_filename: str | None = None) -> None:
+                 target_sensitivity: float = 0.95, plots: bool = True, predictions_filename: str | None = None,
+                 bootstrap: int = 0) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.prefix = prefix
@@ -67,6 +73,7 @@ class ClassificationReport:
         self.target_sensitivity = target_sensitivity
         self.plots = plots
         self.predictions_filename = predictions_filename or f"{prefix}_predictions.csv"
+        self.bootstrap = bootstrap
         self.result: dict = {}
         self._reset()
 
@@ -76,7 +83,7 @@ class ClassificationReport:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
 
     def _reset(self) -> None:
-        self.files, self.probs, self.labels = [], [], []
+        self.files, self.probs, self.labels, self.patients, self.lung = [], [], [], [], []
 
     def _collect(self, engine: Engine) -> None:
         for item, source in zip(engine.state.output, engine.state.batch):
@@ -85,6 +92,8 @@ class ClassificationReport:
             if label is not None:
                 label = torch.as_tensor(label).detach().cpu().reshape(-1)
                 self.labels.append(int(label.argmax()) if label.numel() > 1 else int(label))
+            self.patients.append(source.get("patient_id"))
+            self.lung.append(source.get(STATUS_KEY))
             image = source.get("image")  # a loaded MetaTensor, or the path itself when the input is a cached embedding
             self.files.append(image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", "")))
 
@@ -103,11 +112,17 @@ class ClassificationReport:
         threshold = op.threshold if (op is not None and self.binary) else None
         predicted = self.decide(probs, threshold)
         self._write_predictions(probs, predicted, labels)
+        lung = {"lung_fallbacks": self.lung.count("fallback")} if any(self.lung) else {}
         if labels is None:
-            self.result = {"n": len(probs)}
+            self.result = {"n": len(probs), **lung}
+            write_json(self.result, self.output_dir / f"{self.prefix}_metrics.json")
             return
-        self.result = classification_metrics(labels, probs, self.class_names, threshold,
-                                             op.positive_index if op is not None else 1)
+        positive = op.positive_index if op is not None else 1
+        self.result = {**classification_metrics(labels, probs, self.class_names, threshold, positive), **lung}
+        if self.bootstrap and self.binary:
+            groups = np.asarray(self.patients) if all(p is not None for p in self.patients) else None
+            self.result["intervals"] = bootstrap_intervals(labels == positive, probs[:, positive],
+                                                           self.result["threshold"], groups, n_boot=self.bootstrap)
         write_json(self.result, self.output_dir / f"{self.prefix}_metrics.json")
         for name, value in self.result.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -116,7 +131,6 @@ class ClassificationReport:
             plot_confusion_matrix(self.result["confusion_matrix"], self.class_names,
                                   self.output_dir / f"{self.prefix}_confusion_matrix.png", title=f"{self.prefix} confusion matrix")
             if self.binary and len(np.unique(labels)) == 2:
-                positive = op.positive_index if op is not None else 1
                 plot_roc_pr(labels == positive, probs[:, positive], self.output_dir / f"{self.prefix}_roc.png", threshold)
         logger.info("%s: %s", self.prefix, {k: round(v, 4) for k, v in self.result.items()
                                              if isinstance(v, float) and not math.isnan(v)})
@@ -132,8 +146,10 @@ class ClassificationReport:
         os.makedirs(self.output_dir, exist_ok=True)
         with atomic_path(self.output_dir / self.predictions_filename) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
+            lung = any(self.lung)
             writer.writerow(["file", *[f"prob_{n}" for n in self.class_names], "predicted_label"]
-                            + (["true_label"] if labels is not None else []))
+                            + (["true_label"] if labels is not None else []) + ([STATUS_KEY] if lung else []))
             for i, file in enumerate(self.files):
                 row = [file, *[f"{p:.6f}" for p in probs[i]], self.class_names[predicted[i]]]
-                writer.writerow(row + ([self.class_names[labels[i]]] if labels is not None else []))
+                writer.writerow(row + ([self.class_names[labels[i]]] if labels is not None else [])
+                                + ([self.lung[i]] if lung else []))

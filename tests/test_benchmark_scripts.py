@@ -1,0 +1,174 @@
+"""The measurement scripts the docs cite write `--results_file`: date, command, device and versions (from
+`custom.timing.run_record`) and every number they print, as rows. Each runs on a handful of real images with the
+smallest batches and repeats; the numbers themselves are not checked, only that they are there and plausible."""
+
+import datetime
+import email.parser
+import io
+import json
+import runpy
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from custom.timing import cpu_model, run_record
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+TEST_IMAGES = SHARED / "pediatric_cxr" / "test"
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def run_script(name: str, *args, monkeypatch, capsys) -> str:
+    """Runs scripts/<name> as `python scripts/<name> args...` in this process; returns its stdout."""
+    script = str(ROOT / "scripts" / name)
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    runpy.run_path(script, run_name="__main__")
+    return capsys.readouterr().out
+
+
+def check_record(record: dict, script: str, torch_used: bool = True) -> None:
+    assert datetime.datetime.fromisoformat(record["date"]).tzinfo is not None
+    assert record["command"].startswith(f"python {ROOT / 'scripts' / script}")
+    device = record["device"]
+    assert device["cpu"] and device["cpu_count"] >= 1
+    if torch_used:
+        assert device["torch_threads"] == 1  # the single_thread fixture
+        assert "gpu" in device and record["versions"]["torch"]
+    assert record["versions"]["python"]
+
+
+def written_and_printed(path: Path, out: str) -> dict:
+    written = json.loads(path.read_text())
+    assert json.loads(out.strip().splitlines()[-1]) == written
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # atomic: no temporary left
+    return written
+
+
+def test_run_record_reads_the_cpu_model(tmp_path):
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) X\n")
+    assert cpu_model(str(tmp_path / "cpuinfo")) == "Intel(R) Xeon(R) X"
+    assert cpu_model(str(tmp_path / "missing"))  # falls back to platform
+    record = run_record(packages=("onnxruntime", "no-such-package"))
+    assert set(record) == {"date", "command", "device", "versions"}
+    assert record["versions"]["no-such-package"] is None and record["versions"]["onnxruntime"]
+
+
+def test_benchmark_inference_results_file(tmp_path, monkeypatch, capsys):
+    out = run_script("benchmark_inference.py", "--images", TEST_IMAGES, "--limit", 4, "--batch_sizes", "1,2",
+                     "--repeats", 1, "--results_file", tmp_path / "results" / "inference.json",
+                     monkeypatch=monkeypatch, capsys=capsys)
+    result = written_and_printed(tmp_path / "results" / "inference.json", out)
+    check_record(result, "benchmark_inference.py")
+    assert result["device"]["used"] == "cpu"
+    assert result["images"] == 4 and result["input_shape"] == [1, 128, 128] and result["lung_mode"] == "crop"
+    assert [(r["stage"], r["batch"]) for r in result["rows"]] == [
+        ("decode + preprocess", None), ("forward", 1), ("forward", 2)]
+    for row in result["rows"]:
+        assert row["images_per_s"] > 0 and row["ms_per_image"] == pytest.approx(1000 / row["images_per_s"], rel=0.1)
+
+
+def test_benchmark_export_results_file(tmp_path, monkeypatch, capsys):
+    """The CNN paths only (`--encoder_images 0`): exporting and timing LiteMedSAM takes minutes on a busy CPU."""
+    out = run_script("benchmark_export.py", "--images", TEST_IMAGES, "--cnn_images", 2, "--encoder_images", 0,
+                     "--repeats", 1, "--results_file", tmp_path / "export.json", monkeypatch=monkeypatch, capsys=capsys)
+    result = written_and_printed(tmp_path / "export.json", out)
+    check_record(result, "benchmark_export.py")
+    assert result["versions"]["onnxruntime"] and result["cnn_images"] == 2 and result["encoder_images"] == 0
+    rows = result["rows"]
+    assert [r["path"] for r in rows] == ["eager", "TorchScript (trace + freeze)", "ONNX Runtime fp32"]
+    assert all(r["images_per_s"] > 0 and r["batch"] == 1 and r["agreement_metric"] == "max abs dP" for r in rows)
+    assert rows[0]["agreement"] == 0 and all(r["agreement"] < 1e-4 for r in rows)
+    assert "| ONNX Runtime fp32 | 1 |" in out and "(reference)" in out  # the Markdown table is still printed
+
+
+def test_benchmark_encoders_results_file(tmp_path, monkeypatch, capsys):
+    out = run_script("benchmark_encoders.py", "--variants", "lite", "--batch_sizes", 1, "--dtypes", "fp32",
+                     "--device", "cpu", "--repeats", 1, "--results_file", tmp_path / "encoders.json",
+                     monkeypatch=monkeypatch, capsys=capsys)
+    result = written_and_printed(tmp_path / "encoders.json", out)
+    check_record(result, "benchmark_encoders.py")
+    [row] = result["rows"]
+    assert row["variant"] == "lite" and row["dtype"] == "fp32" and row["batch"] == 1 and row["input"] == 256
+    assert row["gflop_per_image"] > 10 and row["images_per_s"] > 0
+    assert row["tflop_per_s"] == pytest.approx(row["gflop_per_image"] * row["images_per_s"] / 1000, rel=0.05)
+
+
+class FakeMonaiLabel(BaseHTTPRequestHandler):
+    """/info/ and /infer/<model>: 200 for an upload Pillow decodes, 422 otherwise (as the real app answers)."""
+
+    def do_GET(self):
+        self._answer(200 if self.path.startswith("/info/") else 404)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        message = email.parser.BytesParser().parsebytes(
+            f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
+        try:
+            [part] = message.get_payload()
+            Image.open(io.BytesIO(part.get_payload(decode=True))).load()
+            self._answer(200)
+        except Exception:  # noqa: BLE001 - any unreadable upload
+            self._answer(422)
+
+    def _answer(self, status: int):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_load_test_monailabel_results_file(tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((TEST_IMAGES / "NORMAL").glob("*.jpeg"))[:2]:
+        (images / p.name).write_bytes(p.read_bytes())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeMonaiLabel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = run_script("load_test_monailabel.py", "--url", f"http://127.0.0.1:{server.server_port}",
+                         "--images", images, "--requests_per_phase", 4, "--concurrency", 2, "--corrupt", 2,
+                         "--results_file", tmp_path / "load.json", monkeypatch=monkeypatch, capsys=capsys)
+    finally:
+        server.shutdown()
+        server.server_close()
+    result = written_and_printed(tmp_path / "load.json", out)
+    check_record(result, "load_test_monailabel.py", torch_used=False)  # a torch-free client (torch is loaded here)
+    assert result["images"] == 2 and result["server"].startswith("server at http://127.0.0.1")
+    sequential, concurrent, corrupt = result["rows"]
+    assert (sequential["run"], sequential["concurrency"], concurrent["run"], concurrent["concurrency"]) == \
+        ("sequential", 1, "concurrent", 2)
+    for row in (sequential, concurrent):
+        assert row["requests"] == 4 and row["failures"] == 0 and row["throughput_per_s"] > 0
+        assert 0 < row["p50_ms"] <= row["p95_ms"]
+    assert corrupt["run"] == "corrupt" and corrupt["requests"] == 2
+    assert (corrupt["4xx"], corrupt["5xx"], corrupt["other"], corrupt["statuses"]) == (2, 0, 0, {"422": 2})
+
+
+def test_report_threshold_results_file(tmp_path, monkeypatch, capsys):
+    files = [p for c in ("NORMAL", "PNEUMONIA") for p in sorted((TEST_IMAGES / c).glob("*.jpeg"))[:4]]
+    labels = np.array([0] * 4 + [1] * 4)
+    scores = np.array([0.1, 0.2, 0.6, 0.3, 0.4, 0.7, 0.8, 0.9])
+    names = np.array(["NORMAL", "PNEUMONIA"])
+    pd.DataFrame({"file": [str(f) for f in files], "prob_NORMAL": 1 - scores, "prob_PNEUMONIA": scores,
+                  "predicted_label": names[(scores >= 0.5).astype(int)], "true_label": names[labels]}
+                 ).to_csv(tmp_path / "predictions.csv", index=False)
+    out = run_script("report.py", "threshold", "--predictions", tmp_path / "predictions.csv", "--threshold", 0.5,
+                     "--results_file", tmp_path / "threshold.json", monkeypatch=monkeypatch, capsys=capsys)
+    printed = json.loads(out.strip().splitlines()[-1])
+    written = json.loads((tmp_path / "threshold.json").read_text())
+    assert {k: written[k] for k in printed} == printed  # every printed number, after the run record
+    assert written["command"].startswith(f"python {ROOT / 'scripts' / 'report.py'} threshold")
+    assert written["predictions"] == str(tmp_path / "predictions.csv") and written["versions"]["scikit-learn"]
+    assert written["device"]["cpu"] and datetime.datetime.fromisoformat(written["date"])
+    assert written["confusion_matrix"] == [[3, 1], [1, 3]]
