@@ -1,11 +1,13 @@
 """Build a MONAI model-zoo archive of this bundle: `<name>_v<version>.zip` holding one folder `<name>/`.
 
 The folder has `configs/`, `models/`, `docs/README.md`, `LICENSE`, `custom/` (the configs import it) and
-`large_files.yml`, which lists every weight file too large to commit (path, url, sha256) the way the model zoo
-downloads them. Name and version come from `configs/metadata.json`; the version must have a `changelog` entry.
+`large_files.yml`, which lists every large weight file by its path in the bundle, sha256 and size. It names no URL:
+nothing is uploaded, the files travel inside the archive (add `url` entries once they are hosted somewhere). Name and
+version come from `configs/metadata.json`; the version must have a `changelog` entry.
 
     python bundle/package_zoo.py --output_dir dist
-    python bundle/package_zoo.py --output_dir dist --torchscript true   # also export models/model.ts
+    python bundle/package_zoo.py --output_dir dist --torchscript true   # also export models/model.ts (records
+                                                                        # the sha256 of the model.pt it came from)
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `custom` for `custom.io` when run as a plain script
 
+from custom.export import export_torchscript  # noqa: E402
 from custom.io import atomic_path, file_sha256  # noqa: E402
 
-ZOO_HOSTING = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1"
 CONTENT = ("configs", "models", "custom", "docs/README.md", "LICENSE")
+LARGE_FILES_NOTE = """\
+# Large files of this bundle, by their path inside it, sha256 and size in bytes. They are inside this archive;
+# no url is given because none was uploaded anywhere (`monai.bundle download_large_files` does not apply).
+# Check a file with `sha256sum <path>`.
+"""
 
 
 def zoo_name(metadata: dict) -> str:
@@ -51,36 +58,27 @@ def read_metadata(bundle_root: Path) -> dict:
     return metadata
 
 
-def large_files_yml(folder: Path, name: str, url_base: str, large_file_mb: float) -> str:
-    """YAML `large_files:` list (path, url, hash_val, hash_type) of the files under `models/` above `large_file_mb`."""
+def large_files_yml(folder: Path, large_file_mb: float) -> str:
+    """YAML `large_files:` list (path, hash_val, hash_type, size; no url) of the files under `models/` above
+    `large_file_mb`, after a comment saying why there is no url."""
     lines = ["large_files:"]
     for path in sorted((folder / "models").rglob("*")):
         if path.is_file() and path.stat().st_size > large_file_mb * 2**20:
-            rel = path.relative_to(folder).as_posix()
-            lines += [f'  - path: "{rel}"', f'    url: "{url_base.rstrip("/")}/{name}_{path.name}"',
-                      f'    hash_val: "{file_sha256(path)}"', '    hash_type: "sha256"']
-    return "\n".join(lines if len(lines) > 1 else ["large_files: []"]) + "\n"
+            lines += [f'  - path: "{path.relative_to(folder).as_posix()}"', f'    hash_val: "{file_sha256(path)}"',
+                      '    hash_type: "sha256"', f"    size: {path.stat().st_size}"]
+    return LARGE_FILES_NOTE + "\n".join(lines if len(lines) > 1 else ["large_files: []"]) + "\n"
 
 
-def export_torchscript(folder: Path) -> None:
-    """`models/model.ts` from `network_def` in `configs/inference.json` and the weights under "model" in `models/model.pt`."""
-    from monai.bundle import ckpt_export
-
-    ckpt_export(net_id="network_def", filepath=str(folder / "models" / "model.ts"),
-                ckpt_file=str(folder / "models" / "model.pt"), meta_file=str(folder / "configs" / "metadata.json"),
-                config_file=str(folder / "configs" / "inference.json"), key_in_ckpt="model", bundle_root=str(folder))
-
-
-def package(bundle_root: str = str(ROOT), output_dir: str = "dist", url_base: str = ZOO_HOSTING,
-            large_file_mb: float = 1.0, torchscript: bool = False) -> str:
+def package(bundle_root: str = str(ROOT), output_dir: str = "dist", large_file_mb: float = 1.0,
+            torchscript: bool = False) -> str:
     """Writes `<output_dir>/<name>_v<version>.zip` (atomically) and returns its path.
 
     Args:
         bundle_root: the bundle to package (this repository by default).
         output_dir: where the archive goes.
-        url_base: where the large files will be hosted; each is listed as `<url_base>/<name>_<file name>`.
         large_file_mb: files under `models/` bigger than this (MiB) go into `large_files.yml`.
-        torchscript: also export `models/model.ts` (TorchScript) into the archive.
+        torchscript: also export `models/model.ts` (TorchScript, with the sha256 of its `models/model.pt`) into the
+            archive.
     """
     root = Path(bundle_root).resolve()
     metadata = read_metadata(root)
@@ -102,7 +100,7 @@ def package(bundle_root: str = str(ROOT), output_dir: str = "dist", url_base: st
                 shutil.copy2(src, dst)
         if torchscript:
             export_torchscript(folder)
-        (folder / "large_files.yml").write_text(large_files_yml(folder, name, url_base, large_file_mb))
+        (folder / "large_files.yml").write_text(large_files_yml(folder, large_file_mb))
         with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in sorted(folder.rglob("*")):
                 if path.is_file():

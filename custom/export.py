@@ -1,14 +1,20 @@
-"""ONNX export of bundle networks and an ONNX Runtime (CPU) module that stands in for the PyTorch network.
+"""Export of bundle networks: TorchScript that records its source checkpoint, ONNX, and an ONNX Runtime (CPU) module
+that stands in for the PyTorch network.
 
-`export_onnx` writes a single-file ``.onnx`` atomically (TorchScript-based ``torch.onnx.export``, input ``image``,
-output ``output``; dynamic batch axis, or a fixed batch for models whose graph bakes the batch size in, such as
-LiteMedSAM's TinyViT). `OnnxModule` runs such a file in an ``onnxruntime.InferenceSession`` on CPU behind the usual
-``nn.Module`` call, so MONAI inferers, evaluators and handlers work unchanged.
+`export_torchscript` writes ``models/model.ts`` with the sha256 of the checkpoint it was made from; `bundle_weights`
+prefers that file to ``models/model.pt`` only while the two still match. `export_onnx` writes a single-file ``.onnx``
+atomically (TorchScript-based ``torch.onnx.export``, input ``image``, output ``output``; dynamic batch axis, or a fixed
+batch for models whose graph bakes the batch size in, such as LiteMedSAM's TinyViT). `OnnxModule` runs such a file in
+an ``onnxruntime.InferenceSession`` on CPU behind the usual ``nn.Module`` call, so MONAI inferers, evaluators and
+handlers work unchanged.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,11 +23,75 @@ import numpy as np
 import torch
 from torch import nn
 
-from custom.io import atomic_path
+from custom.io import atomic_path, file_sha256
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "output"
 OPSET = 17
+SOURCE_KEY = "source_checkpoint"  # in the TorchScript archive's extra/metadata.json: {"file", "sha256"}
+
+logger = logging.getLogger(__name__)
+
+
+def export_torchscript(bundle_root: str | os.PathLike = ".", ckpt_file: str | os.PathLike | None = None,
+                       filepath: str | os.PathLike | None = None) -> Path:
+    """`monai.bundle ckpt_export` of `network_def` (``configs/inference.json``) with the "model" weights of
+    `ckpt_file` (default ``models/model.pt``) into `filepath` (default ``models/model.ts``), written atomically.
+
+    The checkpoint's name and sha256 go into the archive's ``metadata.json`` as ``_meta_.source_checkpoint`` (the same
+    as ``ckpt_export ... --_meta_#source_checkpoint "{'file': 'model.pt', 'sha256': '<hex>'}"``), for `bundle_weights`.
+    """
+    from monai.bundle import ckpt_export
+
+    root = Path(bundle_root)
+    ckpt = Path(ckpt_file) if ckpt_file else root / "models" / "model.pt"
+    path = Path(filepath) if filepath else root / "models" / "model.ts"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: checkpoint to export not found")
+    record = {"file": ckpt.name, "sha256": file_sha256(ckpt)}
+    with atomic_path(path) as tmp:
+        ckpt_export(net_id="network_def", filepath=str(tmp), ckpt_file=str(ckpt), key_in_ckpt="model",
+                    meta_file=str(root / "configs" / "metadata.json"),
+                    config_file=str(root / "configs" / "inference.json"), bundle_root=str(root),
+                    **{f"_meta_#{SOURCE_KEY}": record})
+    return path
+
+
+def torchscript_source(path: str | os.PathLike) -> dict | None:
+    """The ``source_checkpoint`` record `export_torchscript` put into a TorchScript file; None when the file has
+    none or is no readable TorchScript archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/extra/metadata.json")), None)
+            record = json.loads(archive.read(name)).get(SOURCE_KEY) if name else None
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def bundle_weights(models_dir: str | os.PathLike) -> Path:
+    """The weights file to load from a bundle's ``models/``: ``model.ts`` when its recorded source checkpoint has the
+    sha256 of the current ``model.pt`` (or there is no ``model.pt``), else ``model.pt``. Passing over a ``model.ts``
+    (no record, or made from other weights) logs a warning naming both files."""
+    models = Path(models_dir)
+    ts, pt = models / "model.ts", models / "model.pt"
+    if not pt.is_file():
+        if ts.is_file():
+            return ts
+        raise FileNotFoundError(f"{models}: neither model.ts nor model.pt found")
+    if not ts.is_file():
+        return pt
+    record = torchscript_source(ts)
+    if record is None:
+        logger.warning("%s has no source-checkpoint record (re-export it with `python scripts/export.py torchscript`);"
+                       " using %s instead", ts, pt)
+        return pt
+    current = file_sha256(pt)
+    if record.get("sha256") != current:
+        logger.warning("%s was exported from a checkpoint with sha256 %s, but %s now has sha256 %s: the TorchScript "
+                       "file is stale, using %s instead", ts, record.get("sha256"), pt, current, pt)
+        return pt
+    return ts
 
 
 def export_onnx(model: nn.Module, filepath: str | os.PathLike, input_shape: Sequence[int],

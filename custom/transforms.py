@@ -20,6 +20,12 @@ from monai.utils import ensure_tuple
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+# the suffixes `LoadCXR` reads in this module's orientation: Pillow (JPEG, PNG, BMP, TIFF), NIfTI, DICOM
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", *DICOM_SUFFIXES)
+
+
+class UnreadableImageError(ValueError):
+    """The file exists but is no usable image: empty, corrupt, truncated, not an image format, NaN, too small."""
 
 
 class CXRDicomReader(ImageReader):
@@ -101,7 +107,8 @@ def to_single_channel(img: torch.Tensor) -> torch.Tensor:
 class LoadCXR(Transform):
     """Path -> (1, W, H) float32 `MetaTensor` from JPEG, PNG, DICOM, NIfTI or any ITK format.
 
-    Errors always name the file: a missing or empty file, a DICOM without pixel data, a corrupt or truncated image.
+    Errors always name the file: `FileNotFoundError` for a missing file, `UnreadableImageError` for an empty file,
+    a DICOM without pixel data, a corrupt or truncated image.
     """
 
     def __init__(self) -> None:
@@ -113,7 +120,7 @@ class LoadCXR(Transform):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: file not found")
         if os.path.getsize(path) == 0:
-            raise ValueError(f"{path}: empty file (0 bytes)")
+            raise UnreadableImageError(f"{path}: empty file (0 bytes)")
         # the highest-priority reader that claims the file by its suffix or DICOM preamble; otherwise (ITK formats,
         # unknown files) LoadImage tries every reader in turn. Without this it would also try, and log, the DICOM
         # reader on every JPEG.
@@ -123,11 +130,11 @@ class LoadCXR(Transform):
             img = self.loader(path, reader=reader)
             out = to_single_channel(img)
         except Exception as err:  # readers raise many types; report one clear message
-            raise ValueError(f"{path}: cannot read image: {_root_cause(err)}") from err
+            raise UnreadableImageError(f"{path}: cannot read image: {_root_cause(err)}") from err
         if not torch.isfinite(out).all():
-            raise ValueError(f"{path}: image contains NaN or infinite values")
+            raise UnreadableImageError(f"{path}: image contains NaN or infinite values")
         if out.shape[1] < 8 or out.shape[2] < 8:
-            raise ValueError(f"{path}: image too small ({tuple(out.shape[1:])} pixels)")
+            raise UnreadableImageError(f"{path}: image too small ({tuple(out.shape[1:])} pixels)")
         return out if isinstance(out, MetaTensor) else MetaTensor(out, meta=img.meta)
 
 

@@ -1,6 +1,9 @@
 """Export the bundle network (`network_def` of the inference config + checkpoint weights) or a MedSAM encoder to
-ONNX, check it against eager PyTorch in ONNX Runtime and print one JSON line (path, max abs difference).
+ONNX, check it against eager PyTorch in ONNX Runtime and print one JSON line (path, max abs difference); or export
+the bundle network to TorchScript `models/model.ts` that records the sha256 of its checkpoint (`custom.export.
+export_torchscript`; TorchScript is used instead of `models/model.pt` only while that hash matches).
 
+    python scripts/export.py torchscript                              # models/model.pt -> models/model.ts
     python scripts/export.py network --filepath models/model.onnx
     python scripts/export.py network --config_file "['configs/inference.json','configs/inference_medsam.json']" \
         --ckpt_path runs/models/model.pt --filepath models/medsam.onnx --nodynamic_batch
@@ -15,7 +18,7 @@ import fire
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.export import OnnxModule, export_onnx  # noqa: E402
+from custom.export import OnnxModule, export_onnx, export_torchscript, torchscript_source  # noqa: E402
 
 
 def _check(model: torch.nn.Module, onnx: OnnxModule, input_shape, batch: int) -> float:
@@ -66,5 +69,13 @@ def encoder(variant: str = "lite", checkpoint: str | None = None, filepath: str 
                       "max_abs_diff_vs_eager": _check(eager, fast, shape, 1)}))
 
 
+def torchscript(bundle_root: str = ".", ckpt_path: str | None = None, filepath: str | None = None) -> None:
+    """`network_def` of `<bundle_root>/configs/inference.json` with the ``model`` weights of `ckpt_path` (default
+    `<bundle_root>/models/model.pt`) -> `filepath` (default `<bundle_root>/models/model.ts`); prints the recorded
+    source checkpoint."""
+    path = export_torchscript(bundle_root, ckpt_path, filepath)
+    print(json.dumps({"torchscript": str(path), "source_checkpoint": torchscript_source(path)}))
+
+
 if __name__ == "__main__":
-    fire.Fire({"network": network, "encoder": encoder})
+    fire.Fire({"network": network, "encoder": encoder, "torchscript": torchscript})

@@ -1,6 +1,7 @@
 """Tests for custom.data.datalists on the real shared data."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from custom.data import datalists as dl
+from custom.transforms import LoadCXR
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -139,6 +142,35 @@ def test_kermany_merges_official_val_and_skips_non_images(small_kermany):
     assert sum("/val/" in p for p in images(datalist["training"])) == 4
 
 
+def test_kermany_lists_every_readable_format_and_counts_the_rest(tmp_path, caplog):
+    """BMP, TIFF and .dicom copies of real images are listed and read like the originals; other suffixes are left
+    out with one warning per folder that names them and their count, recorded as ``skipped_files``."""
+    jpegs = sorted((KERMANY / "train" / "NORMAL").glob("*.jpeg"))[:2]
+    normal, pneumonia = (tmp_path / "kermany" / "train" / name for name in ("NORMAL", "PNEUMONIA"))
+    copy_into(sorted((KERMANY / "train" / "PNEUMONIA").glob("*.jpeg"))[:1], pneumonia)
+    normal.mkdir()
+    Image.open(jpegs[0]).save(normal / f"{jpegs[0].stem}.bmp")
+    Image.open(jpegs[1]).save(normal / f"{jpegs[1].stem}.tif")
+    shutil.copy(SHARED / "dicom_cxr" / "RG1_UNCI.dcm", pneumonia / "person9_bacteria_1.dicom")
+    (normal / "notes.txt").write_text("not an image")
+    (normal / "scan.xyz").write_bytes(jpegs[0].read_bytes())
+    (normal / ".DS_Store").write_bytes(b"hidden, not counted")
+    with caplog.at_level(logging.WARNING, logger=dl.__name__):
+        datalist = dl.build_kermany(tmp_path / "kermany", val_fraction=0.0)
+    listed = {Path(p).name: p for p in images(datalist["training"])}
+    assert sorted(listed) == sorted([f"{jpegs[0].stem}.bmp", f"{jpegs[1].stem}.tif", "person9_bacteria_1.dicom",
+                                     sorted(p.name for p in pneumonia.glob("*.jpeg"))[0]])
+    loader = LoadCXR()
+    for jpeg, suffix in zip(jpegs, (".bmp", ".tif")):
+        assert torch.equal(loader(listed[jpeg.stem + suffix]).as_tensor(), loader(jpeg).as_tensor()), suffix
+    assert loader(listed["person9_bacteria_1.dicom"]).shape == loader(SHARED / "dicom_cxr" / "RG1_UNCI.dcm").shape
+    warnings = [r.getMessage() for r in caplog.records if r.name == dl.__name__ and r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert str(normal) in warnings[0] and "2 file(s)" in warnings[0]
+    assert "notes.txt" in warnings[0] and "scan.xyz" in warnings[0] and ".DS_Store" not in warnings[0]
+    assert datalist["skipped_files"] == 2 and dl.split_summary(datalist)["skipped_files"] == 2
+
+
 def test_kermany_unknown_class_folder(small_kermany):
     shutil.copytree(small_kermany / "train" / "NORMAL", small_kermany / "train" / "COVID")
     with pytest.raises(ValueError, match="COVID.*NORMAL.*PNEUMONIA"):
@@ -215,7 +247,7 @@ def test_covid_binary(covid_root):
     datalist = dl.build_covid_radiography(covid_root, seed=0)
     items = [item for key in dl.SPLITS for item in datalist[key]]
     assert datalist["class_names"] == ["NORMAL", "PNEUMONIA"]
-    assert counts(items) == [20, 20]
+    assert counts(items) == [20, 20] and datalist["skipped_files"] == 0
     assert not any("/masks/" in p for p in images(items))
     assert all(item["patient_id"] == Path(item["image"]).stem for item in items)
     assert all(item["domain"] == "adult" for item in items)
@@ -325,6 +357,7 @@ def test_split_summary(kermany):
     assert summary["test"] == {"items": 624, "patients": len(patients(kermany["test"])),
                                "classes": {"NORMAL": 234, "PNEUMONIA": 390}}
     assert summary["training"]["items"] + summary["validation"]["items"] == 5216
+    assert summary["skipped_files"] == 0
 
 
 def test_cli_kermany(tmp_path):

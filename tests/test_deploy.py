@@ -2,6 +2,7 @@
 real DICOMs, and (where `monai-deploy-app-sdk` is installed) the MONAI Deploy application itself."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +16,8 @@ from monai.bundle import ckpt_export
 
 from bundle.deploy.predict import REQUIRED_IDS, BundlePredictor, bundle_parser, in_memory_preprocessing, load_network, predict
 from bundle.deploy.result import BASIC_TEXT_SR, read_operating_point
+from custom.export import export_torchscript, torchscript_source
+from custom.io import file_sha256
 from custom.transforms import LoadCXR, LoadCXRd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +50,7 @@ def test_preprocessing_without_loader_on_in_memory_image(parser, path):
     np.testing.assert_allclose(np.asarray(in_memory), np.asarray(from_file), atol=1e-6)
 
 
-def test_network_from_torchscript_equals_network_def_plus_checkpoint(parser, tmp_path):
+def test_network_from_torchscript_equals_network_def_plus_checkpoint(parser, tmp_path, caplog):
     ts_bundle = tmp_path / "bundle"
     shutil.copytree(ROOT / "configs", ts_bundle / "configs")
     (ts_bundle / "models").mkdir()
@@ -66,6 +69,38 @@ def test_network_from_torchscript_equals_network_def_plus_checkpoint(parser, tmp
     checkpoint = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert read_operating_point(ROOT) == checkpoint["operating_point"]
     assert read_operating_point(ts_bundle) == {"threshold": 0.5, "method": "default", "positive_index": 1}
+    # plain ckpt_export records no source checkpoint: beside a model.pt, that model.ts cannot be trusted
+    shutil.copy(ROOT / "models" / "model.pt", ts_bundle / "models" / "model.pt")
+    with caplog.at_level(logging.WARNING, logger="custom.export"):
+        network = load_network(ts_bundle, bundle_parser(ts_bundle), device)
+    assert not isinstance(network, torch.jit.ScriptModule)
+    assert f"{ts_bundle / 'models' / 'model.ts'} has no source-checkpoint record" in caplog.text
+    assert str(ts_bundle / "models" / "model.pt") in caplog.text
+
+
+def test_torchscript_is_used_only_while_it_matches_model_pt(tmp_path, caplog):
+    """`export_torchscript` records the sha256 of model.pt in model.ts: used while model.pt is unchanged; once model.pt
+    holds other weights, the stale model.ts is passed over with a warning naming both files."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    ts, pt = bundle / "models" / "model.ts", bundle / "models" / "model.pt"
+    shutil.copy(ROOT / "models" / "model.pt", pt)
+    assert export_torchscript(bundle) == ts
+    assert torchscript_source(ts) == {"file": "model.pt", "sha256": file_sha256(pt)}
+    device = torch.device("cpu")
+    assert isinstance(load_network(bundle, bundle_parser(bundle), device), torch.jit.ScriptModule)
+
+    checkpoint = torch.load(pt, map_location="cpu", weights_only=True)
+    name = next(k for k, v in checkpoint["model"].items() if v.is_floating_point())
+    checkpoint["model"][name] += 1.0  # retrained weights: new model.pt bytes, model.ts left as it was
+    torch.save(checkpoint, pt)
+    with caplog.at_level(logging.WARNING, logger="custom.export"):
+        network = load_network(bundle, bundle_parser(bundle), device)
+    assert not isinstance(network, torch.jit.ScriptModule)
+    torch.testing.assert_close(network.state_dict()[name], checkpoint["model"][name])
+    assert f"{ts} was exported from a checkpoint with sha256 {file_sha256(ROOT / 'models' / 'model.pt')}" in caplog.text
+    assert f"{pt} now has sha256 {file_sha256(pt)}" in caplog.text
 
 
 def test_predict_dicom_writes_json_and_readable_sr(tmp_path):
@@ -110,9 +145,19 @@ DEPLOY_PYTHON = Path(os.environ.get("DEPLOY_PYTHON", ROOT / ".venv-deploy" / "bi
 @pytest.mark.skipif(not DEPLOY_PYTHON.exists(),
                     reason=f"monai-deploy-app-sdk not installed: run `bash bundle/deploy/install.sh` (expects {DEPLOY_PYTHON})")
 def test_monai_deploy_app_on_real_dicoms(tmp_path):
+    """The app on a copy of the bundle whose `models/model.ts` is no export of its model.pt: the SDK alone would load
+    it; the app passes it over (warning) for network_def + model.pt."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    for name in ("model.pt", "lung_unet.pt"):
+        (bundle / "models" / name).symlink_to(ROOT / "models" / name)
+    (bundle / "models" / "model.ts").write_bytes(b"left over from an old export, not TorchScript")
     run = subprocess.run([str(DEPLOY_PYTHON), "bundle/deploy/app.py", "-i", str(DICOMS), "-o", str(tmp_path / "out")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CXR_BUNDLE_ROOT": str(bundle)})
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert f"{bundle / 'models' / 'model.ts'} has no source-checkpoint record" in run.stdout + run.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     expected = BundlePredictor(ROOT, "cpu")(LoadCXR()(DICOMS / "RG1_UNCI.dcm"))
     assert result["probabilities"]["PNEUMONIA"] == pytest.approx(float(expected[1]), abs=1e-4)

@@ -158,6 +158,38 @@ def test_lung_crop_is_the_default_in_training_and_inference_alike():
     assert (train_image - plain).abs().mean() > 0.02, "the default pipeline must crop to the lungs"
 
 
+def lung_seg_parser(bundle_root: Path, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train_lung_seg.json"))
+    parser.update({"bundle_root": str(bundle_root), "dataset_dir": str(LUNG_MASKS), "device": "$torch.device('cpu')",
+                   **overrides})
+    return parser
+
+
+def test_lung_seg_retraining_leaves_the_shipped_unet_and_evaluation_scores_it(tmp_path):
+    """`run training` writes its UNet under runs/lung_seg (the shipped models/lung_unet.pt is replaced only when told
+    so: `--ckpt_dir models`); `run evaluating` scores the shipped file unless `--lung_model_path` names another."""
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    shipped = bundle / "models" / "lung_unet.pt"
+    shutil.copy(MODEL, shipped)
+    parser = lung_seg_parser(bundle, max_epochs=1)
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("training")
+    retrained = bundle / "runs" / "lung_seg" / "lung_unet.pt"
+    assert retrained.is_file() and shipped.read_bytes() == MODEL.read_bytes()
+    assert json.loads((bundle / "runs" / "lung_seg" / "holdout_metrics.json").read_text())["model"] == str(retrained)
+    assert lung_seg_parser(bundle, ckpt_dir=str(bundle / "models")).get_parsed_content("ckpt_path") == str(shipped)
+
+    parser = lung_seg_parser(bundle, output_dir=str(tmp_path / "eval"))
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("evaluating")
+    metrics = json.loads((tmp_path / "eval" / "holdout_metrics.json").read_text())
+    assert metrics["model"] == str(shipped) and metrics["val_mean_dice"] > 0.9  # the shipped UNet, not the 1-epoch one
+
+
 def run_script(*args: str) -> None:
     """Runs `scripts/lung_masks.py` in this process (its heavy imports are already loaded)."""
     spec = importlib.util.spec_from_file_location("lung_masks_script", ROOT / "scripts" / "lung_masks.py")

@@ -5,12 +5,14 @@ Needs MONAI Label, installed beside the project by `bash bundle/monailabel/insta
 """
 
 import csv
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,11 +37,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """Base URL of a MONAI Label server running a copy of the app (so its logs/ and model/ stay out of the checkout)."""
+@contextmanager
+def running_server(tmp: Path, bundle_root: Path):
+    """Base URL of a MONAI Label server running a copy of the app (so its logs/ and model/ stay out of the checkout)
+    on `bundle_root`; its output goes to `tmp/server.log`."""
     requests = pytest.importorskip("requests")
-    tmp = tmp_path_factory.mktemp("monailabel")
     app, studies = tmp / "app", tmp / "studies"
     shutil.copytree(ROOT / "bundle" / "monailabel", app, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
     studies.mkdir()
@@ -49,7 +51,7 @@ def server(tmp_path_factory):
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([str(ML_PYTHON), "-m", "monailabel.main", "start_server", "--app", str(app),
                              "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
-                             "--conf", "bundle_root", str(ROOT)],
+                             "--conf", "bundle_root", str(bundle_root)],
                             cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -70,6 +72,28 @@ def server(tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("monailabel"), ROOT) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def buggy_server(tmp_path_factory):
+    """(URL, log) of a server on a bundle copy whose preprocessing ends in a step that fails on every image with a
+    ValueError: a bug of the server, not bad input."""
+    tmp = tmp_path_factory.mktemp("monailabel_bug")
+    bundle = tmp / "bundle"
+    shutil.copytree(ROOT / "configs", bundle / "configs")
+    (bundle / "models").symlink_to(ROOT / "models")
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    failing_step = "monai.transforms.Lambdad('image', lambda x: int('bug'))"
+    config["preprocessing"]["transforms"] = f"$@preprocessing_transforms + [{failing_step}]"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with running_server(tmp, bundle) as url:
+        yield url, tmp / "server.log"
 
 
 def infer(url: str, name: str, content: bytes):
@@ -131,3 +155,16 @@ def test_bad_upload_is_422_with_message(server, name, make, message):
     assert "uploaded image could not be read" in detail and message in detail
     upload = detail.split("could not be read: ")[1].split(":")[0]  # the server's temporary copy of the upload
     assert not os.path.exists(upload), f"{upload}: failed upload left on the server"
+
+
+def test_server_bug_is_500_with_traceback_logged(buggy_server):
+    """A ValueError of the server's own code on a good image is no "could not be read" 422."""
+    url, log = buggy_server
+    response = infer(url, IMAGES[0].name, IMAGES[0].read_bytes())
+    assert response.status_code == 500, response.text
+    assert "could not be read" not in response.text
+    deadline = time.monotonic() + 10
+    while "ValueError: invalid literal for int()" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "ValueError: invalid literal for int()" in text, text[-3000:]

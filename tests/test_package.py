@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 import package_zoo  # noqa: E402
@@ -49,9 +50,12 @@ def test_archive_unpacks_loads_and_predicts(tmp_path):
     bundle = tmp_path / "zoo" / name
 
     large = (bundle / "large_files.yml").read_text()
-    assert 'path: "models/model.pt"' in large
-    assert f'hash_val: "{file_sha256(ROOT / "models" / "model.pt")}"' in large
-    assert f"url: \"{package_zoo.ZOO_HOSTING}/{name}_model.pt\"" in large
+    assert "no url is given because none was uploaded" in large
+    listed = {entry["path"]: entry for entry in yaml.safe_load(large)["large_files"]}
+    for path in ("models/model.pt", "models/lung_unet.pt"):  # path, sha256 and size; no url
+        assert listed[path] == {"path": path, "hash_val": file_sha256(bundle / path), "hash_type": "sha256",
+                                "size": (bundle / path).stat().st_size}
+    assert listed["models/model.pt"]["hash_val"] == file_sha256(ROOT / "models" / "model.pt")
 
     result = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, name, str(tmp_path / "zoo"), str(IMAGE)],
                             cwd=bundle, capture_output=True, text=True, timeout=300)

@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from PIL import Image
 from pydicom.pixels import apply_modality_lut
 
-from custom.transforms import CXRDicomReader, LoadCXR, LoadCXRd, dicom_to_array, to_single_channel
+from custom.transforms import CXRDicomReader, LoadCXR, LoadCXRd, UnreadableImageError, dicom_to_array, to_single_channel
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DICOM_DIR = SHARED / "dicom_cxr"
@@ -241,7 +241,7 @@ def test_missing_file(tmp_path, loader):
 def test_empty_file(tmp_path, loader):
     path = tmp_path / "empty.png"
     path.write_bytes(b"")
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(UnreadableImageError) as excinfo:
         loader(path)
     _check_message(excinfo, path, "empty")
 
@@ -249,7 +249,7 @@ def test_empty_file(tmp_path, loader):
 def test_text_file_renamed_png(tmp_path, loader):
     path = tmp_path / "notes.png"
     path.write_text("patient list, not an image\n" * 20)
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(UnreadableImageError) as excinfo:
         loader(path)
     _check_message(excinfo, path, "cannot read", "not a readable image")
 
@@ -257,7 +257,7 @@ def test_text_file_renamed_png(tmp_path, loader):
 def test_unknown_file_type_says_no_reader_could_read_it(tmp_path, loader):
     path = tmp_path / "notes.txt"
     path.write_text("patient list, not an image\n" * 20)
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(UnreadableImageError) as excinfo:
         loader(path)
     _check_message(excinfo, path, "not a readable image format")
 
@@ -272,7 +272,7 @@ def test_truncated_jpeg(tmp_path, loader, jpeg_path):
     data = jpeg_path.read_bytes()
     path = tmp_path / "truncated.jpeg"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(UnreadableImageError) as excinfo:
         loader(path)
     _check_message(excinfo, path, "truncated")
 
@@ -280,7 +280,7 @@ def test_truncated_jpeg(tmp_path, loader, jpeg_path):
 def test_dicom_without_pixel_data(tmp_path, loader):
     path = write_copy(tmp_path, "no_pixels.dcm", PixelData=None)
     assert "PixelData" not in pydicom.dcmread(path)
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(UnreadableImageError) as excinfo:
         loader(path)
     _check_message(excinfo, path, "pixel data")
     with pytest.raises(ValueError, match="pixel data"):
@@ -290,7 +290,7 @@ def test_dicom_without_pixel_data(tmp_path, loader):
 def test_tiny_image(tmp_path, loader):
     path = tmp_path / "tiny.png"
     Image.fromarray(np.full((4, 4), 128, dtype=np.uint8)).save(path)
-    with pytest.raises(ValueError) as excinfo:
+    with pytest.raises(UnreadableImageError) as excinfo:
         loader(path)
     _check_message(excinfo, path, "too small")
 

@@ -2,7 +2,8 @@
 
 DICOMDataLoaderOperator -> DICOMSeriesSelectorOperator (CR / DX / DR series) -> CXRSeriesToImageOperator (2D
 radiograph, this bundle's DICOM presentation: modality LUT, VOI LUT / window, MONOCHROME1 inverted) ->
-CXRBundleInferenceOperator (`MonaiBundleInferenceOperator` on this bundle's `configs/inference.json`) ->
+CXRBundleInferenceOperator (`MonaiBundleInferenceOperator` on this bundle's `configs/inference.json`, running the
+network `bundle/deploy/predict.py` loads: `models/model.ts` only while it matches `models/model.pt`) ->
 CXRResultOperator (decision at the bundle's operating point, `result.json`) -> DICOMTextSRWriterOperator.
 
     pip install monai-deploy-app-sdk==4.0.0 highdicom==0.28.2
@@ -22,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 try:
     from holoscan.conditions import CountCondition
-    from monai.deploy.core import AppContext, Application, Fragment, Image, IOType, Operator, OperatorSpec
+    from monai.deploy.core import AppContext, Application, Fragment, Image, IOType, Model, Operator, OperatorSpec
     from monai.deploy.core.domain import DICOMSeries
     from monai.deploy.operators import (
         BundleConfigNames,
@@ -41,6 +42,7 @@ except ImportError as err:
     ) from err
 import numpy as np  # noqa: E402
 
+from bundle.deploy.predict import bundle_parser, load_network  # noqa: E402
 from bundle.deploy.result import classify, read_operating_point, result_text  # noqa: E402
 from custom.io import write_json  # noqa: E402
 from custom.transforms import LoadCXRd, dicom_to_array  # noqa: E402
@@ -73,6 +75,15 @@ class CXRSeriesToImageOperator(Operator):
             raise ValueError(f"DICOM SOPInstanceUID {uid}: cannot read pixels: {err}") from err
         image = np.ascontiguousarray(pixels.T)[None].astype(np.float32)  # (rows, cols) -> (1, W, H)
         op_output.emit(Image(image, metadata={"SOPInstanceUID": str(ds.get("SOPInstanceUID", ""))}), "image")
+
+
+def bundle_model(bundle_root: Path) -> Model:
+    """The bundle as the SDK `Model` the inference operator runs: its predictor is the network `load_network` picks
+    (the SDK's own loader would take `models/model.ts` whenever it exists, stale or not)."""
+    parser = bundle_parser(bundle_root)
+    model = Model(str(bundle_root), name=bundle_root.name)
+    model.predictor = load_network(bundle_root, parser, parser.get_parsed_content("device"))
+    return model
 
 
 class CXRBundleInferenceOperator(MonaiBundleInferenceOperator):
@@ -119,7 +130,7 @@ class CXRPneumoniaApp(Application):
         model_path = Path(app_context.model_path or "")
         is_bundle = (model_path / "configs" / "metadata.json").is_file()
         bundle_root = (model_path if is_bundle else Path(os.environ.get("CXR_BUNDLE_ROOT", ROOT))).resolve()
-        app_context.models = None  # the SDK's model factory would load `models/` alone; the operator loads the bundle
+        app_context.models = bundle_model(bundle_root)  # the operator reads the bundle's configs from its path
         meta = ConfigParser.load_config_file(bundle_root / "configs" / "metadata.json")
         model_info = ModelInfo("cxr-pneumonia contributors", meta["name"], meta["version"], "")
 

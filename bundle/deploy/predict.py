@@ -1,7 +1,8 @@
 """DICOM radiograph -> `result.json` + DICOM SR with the bundle, without the MONAI Deploy SDK, through the same
 contract `MonaiBundleInferenceOperator` relies on: `configs/inference.json` ids `preprocessing` (run here without its
 loader, on the in-memory image), `inferer`, `postprocessing`, `network_def`, `device`, `bundle_root`, and the weights
-as `models/model.ts` (TorchScript) or `network_def` + `models/model.pt` (`{"model", "operating_point"}`).
+as `models/model.ts` (TorchScript, used only while it was exported from the current `models/model.pt`, see
+`custom.export.bundle_weights`) or `network_def` + `models/model.pt` (`{"model", "operating_point"}`).
 
     python bundle/deploy/predict.py --input ../shared/data/dicom_cxr/RG1_UNCI.dcm --output_dir out/
 """
@@ -23,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `custom` and `bundle.deploy` when run as a plain script
 
 from bundle.deploy.result import classify, read_operating_point, write_outputs  # noqa: E402
+from custom.export import bundle_weights  # noqa: E402
 from custom.transforms import DICOM_SUFFIXES, LoadCXR, LoadCXRd  # noqa: E402
 
 REQUIRED_IDS = ("bundle_root", "device", "preprocessing", "inferer", "postprocessing", "network_def")
@@ -48,14 +50,13 @@ def in_memory_preprocessing(parser: ConfigParser) -> Compose:
 
 
 def load_network(bundle_root: str | os.PathLike, parser: ConfigParser, device: torch.device) -> torch.nn.Module:
-    """`models/model.ts` if present, else `network_def` with the "model" weights of `models/model.pt`; eval mode."""
-    models = Path(bundle_root) / "models"
-    if (models / "model.ts").is_file():
-        return torch.jit.load(str(models / "model.ts"), map_location=device).eval()
-    if not (models / "model.pt").is_file():
-        raise FileNotFoundError(f"{models}: neither model.ts nor model.pt found")
+    """The file `bundle_weights` picks: `models/model.ts` while it matches `models/model.pt`, else `network_def`
+    with the "model" weights of `models/model.pt`; eval mode."""
+    path = bundle_weights(Path(bundle_root) / "models")
+    if path.suffix == ".ts":
+        return torch.jit.load(str(path), map_location=device).eval()
     network = parser.get_parsed_content("network_def").to(device)
-    checkpoint = torch.load(models / "model.pt", map_location=device, weights_only=True)
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
     network.load_state_dict(checkpoint["model"] if "model" in checkpoint else checkpoint)
     return network.eval()
 

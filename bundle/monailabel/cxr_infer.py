@@ -5,8 +5,9 @@ Built on MONAI Label's `BundleInferTask`, which reads `configs/inference.json` (
 and `models/model.pt` (`{"model": state_dict, "operating_point": {...}}`). Three things differ from the generic task:
 
 - no spatial restore of the output (the prediction is a (C,) vector, not an image);
-- an unreadable upload (corrupt, truncated, text, empty) is answered with HTTP 422 and the reader's message,
-  instead of the 500 MONAI Label returns for any exception;
+- an unreadable upload (`UnreadableImageError` from `LoadCXRd`: corrupt, truncated, text, empty) is answered with
+  HTTP 422 and the reader's message, instead of the 500 MONAI Label returns for any exception; every other error is
+  the server's own and stays a 500 (the server logs its traceback);
 - the JSON answer adds the label decided with the checkpoint's validation-picked threshold, so it matches the
   bundle's own `inference.json` prediction (`predictions.csv`).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import torch
 from fastapi import HTTPException
@@ -23,6 +25,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 from custom.handlers import ClassificationReport, OperatingPoint
+from custom.transforms import UnreadableImageError
 
 
 def model_name(bundle_root: str) -> str:
@@ -54,14 +57,18 @@ class CXRClassificationInfer(BundleInferTask):
         self.report = ClassificationReport(os.path.join(bundle_root, "runs", "monailabel"), self.class_names,
                                            operating_point=self.operating_point, plots=False)
 
-    def run_pre_transforms(self, data, transforms):
+    def __call__(self, request, callbacks=None):
+        """MONAI Label's inference; a failed request removes its upload copy, and only bad input (the upload is no
+        readable image) becomes HTTP 422: any other error goes on, to be answered with 500."""
         try:
-            return super().run_pre_transforms(data, transforms)
-        except (OSError, ValueError) as err:  # LoadCXRd: missing, empty, corrupt or non-image file
-            path = data.get("image_path")
+            return super().__call__(request, callbacks)
+        except Exception as err:
+            path = request.get("image")
             if isinstance(path, str) and os.path.dirname(path) == tempfile.gettempdir():
-                os.remove(path)  # MONAI Label's upload copy: its cleanup task is dropped when the request fails
-            raise HTTPException(status_code=422, detail=f"uploaded image could not be read: {err}") from err
+                Path(path).unlink(missing_ok=True)  # its cleanup task is dropped when the request fails
+            if isinstance(err, UnreadableImageError):
+                raise HTTPException(status_code=422, detail=f"uploaded image could not be read: {err}") from err
+            raise
 
     def writer(self, data, extension=None, dtype=None):
         result_file, result_json = super().writer(data, extension, dtype)

@@ -1,13 +1,16 @@
 """MONAI datalist builders for chest X-ray classification.
 
 An item is ``{"image": abs path, "label": int, "class_name": str, "patient_id": str, "domain": str}``;
-a datalist is ``{"training": [...], "validation": [...], "test": [...], "class_names": [...]}``.
-All splits are patient-aware: no ``patient_id`` appears in two splits of one datalist.
+a datalist is ``{"training": [...], "validation": [...], "test": [...], "class_names": [...]}``; the builders that
+scan folders add ``"skipped_files"``: the number of files left out because their suffix is not in
+``custom.transforms.IMAGE_SUFFIXES`` (each such folder is named in one warning). All splits are patient-aware: no
+``patient_id`` appears in two splits of one datalist.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -19,10 +22,10 @@ import pandas as pd
 import torch
 
 from custom.io import write_json
+from custom.transforms import IMAGE_SUFFIXES
 
 LABEL_SCHEMES = {"binary": ["NORMAL", "PNEUMONIA"], "three_class": ["NORMAL", "BACTERIAL", "VIRAL"]}
 SPLITS = ("training", "validation", "test")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".nii", ".nii.gz")
 COVID_CLASS_MAPS = {
     "binary": {"Normal": "NORMAL", "COVID": "PNEUMONIA", "Viral Pneumonia": "PNEUMONIA", "Lung_Opacity": "PNEUMONIA"},
     "multiclass": {"Normal": "NORMAL", "COVID": "COVID", "Viral Pneumonia": "Viral Pneumonia", "Lung_Opacity": "Lung_Opacity"},
@@ -31,16 +34,25 @@ CSV_SPLITS = {"train": "training", "training": "training", "val": "validation", 
 
 _KERMANY_ID = re.compile(r"^(person\d+|(?:NORMAL2-)?IM-\d+)[_-]")
 
+logger = logging.getLogger(__name__)
+
 
 def _stem(name: str) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
-    )
+def _image_files(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """The non-hidden files of `folder` with a suffix in `IMAGE_SUFFIXES`. The other non-hidden files are named
+    (a few) in one warning and appended to `skipped` when given."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
+    others = [p for p in files if not p.name.lower().endswith(IMAGE_SUFFIXES)]
+    if others:
+        logger.warning("%s: %d file(s) left out, suffix not one of %s: e.g. %s", folder, len(others),
+                       " ".join(IMAGE_SUFFIXES), ", ".join(p.name for p in others[:5]))
+    if skipped is not None:
+        skipped += others
+    return images
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -94,8 +106,10 @@ def kermany_patient_id(filename: str) -> str:
     return match.group(1) if match else _stem(name)
 
 
-def kermany_items(root: str | os.PathLike, split: str, scheme: str = "binary", domain: str = "pediatric") -> list[dict]:
-    """Items of ``root/split/{NORMAL,PNEUMONIA}``; ``three_class`` splits PNEUMONIA by ``_bacteria_``/``_virus_``."""
+def kermany_items(root: str | os.PathLike, split: str, scheme: str = "binary", domain: str = "pediatric",
+                  skipped: list[Path] | None = None) -> list[dict]:
+    """Items of ``root/split/{NORMAL,PNEUMONIA}``; ``three_class`` splits PNEUMONIA by ``_bacteria_``/``_virus_``.
+    Files that are no image by their suffix are warned about and appended to `skipped` when given."""
     if scheme not in LABEL_SCHEMES:
         raise ValueError(f"unknown scheme '{scheme}', expected one of {list(LABEL_SCHEMES)}")
     class_names = LABEL_SCHEMES[scheme]
@@ -106,7 +120,7 @@ def kermany_items(root: str | os.PathLike, split: str, scheme: str = "binary", d
     for folder in _subdirs(split_dir):
         if folder.name not in LABEL_SCHEMES["binary"]:
             raise ValueError(f"unknown class folder '{folder}', allowed: {LABEL_SCHEMES['binary']}")
-        for path in _image_files(folder):
+        for path in _image_files(folder, skipped):
             class_name = folder.name
             if scheme == "three_class" and class_name == "PNEUMONIA":
                 kinds = [kind for kind in ("bacteria", "virus") if f"_{kind}_" in path.name]
@@ -153,17 +167,20 @@ def build_kermany(root: str | os.PathLike, val_fraction: float = 0.15, seed: int
     carved from the same pool, patient-aware and seeded like validation. A root that has ``test`` refuses it.
     """
     root = _require_dir(root)
-    pool = kermany_items(root, "train", scheme, domain) + kermany_items(root, "val", scheme, domain)
+    skipped = []
+    pool = kermany_items(root, "train", scheme, domain, skipped) + kermany_items(root, "val", scheme, domain, skipped)
     if test_fraction > 0:
         if (root / "test").is_dir():
             raise ValueError(f"{root}: has an official test split; test_fraction={test_fraction} would replace it")
-        return _three_way(pool, LABEL_SCHEMES[scheme], val_fraction, test_fraction, seed)
+        return {**_three_way(pool, LABEL_SCHEMES[scheme], val_fraction, test_fraction, seed),
+                "skipped_files": len(skipped)}
     training, validation = patient_split(pool, val_fraction, seed)
     return {
         "training": training,
         "validation": validation,
-        "test": kermany_items(root, "test", scheme, domain),
+        "test": kermany_items(root, "test", scheme, domain, skipped),
         "class_names": list(LABEL_SCHEMES[scheme]),
+        "skipped_files": len(skipped),
     }
 
 
@@ -210,11 +227,12 @@ def build_covid_radiography(root: str | os.PathLike, scheme: str = "binary", cla
             raise ValueError(f"binary class_map values must be in {class_names}, got {sorted(unknown)}")
     else:
         class_names = _normal_first(class_map[f.name] for f in folders)
-    items = []
+    items, skipped = [], []
     for folder in folders:
         image_dir = folder / "images" if (folder / "images").is_dir() else folder
-        items += [_item(p, class_names, class_map[folder.name], _stem(p.name), domain) for p in _image_files(image_dir)]
-    return _three_way(items, class_names, val_fraction, test_fraction, seed)
+        items += [_item(p, class_names, class_map[folder.name], _stem(p.name), domain)
+                  for p in _image_files(image_dir, skipped)]
+    return {**_three_way(items, class_names, val_fraction, test_fraction, seed), "skipped_files": len(skipped)}
 
 
 def build_csv(csv_path: str | os.PathLike, base_dir: str | os.PathLike | None = None,
@@ -331,7 +349,8 @@ def class_weights(items: Sequence[dict], num_classes: int) -> torch.Tensor:
 
 
 def split_summary(datalist: dict) -> dict:
-    """Per split: number of items and patients, and item counts per class name."""
+    """Per split: number of items and patients, and item counts per class name; ``skipped_files`` as the builder
+    recorded it (files left out for their suffix; 0 for datalists not built from folders)."""
     class_names = datalist["class_names"]
     summary = {}
     for key in SPLITS:
@@ -341,4 +360,5 @@ def split_summary(datalist: dict) -> dict:
             "patients": len({item.get("patient_id", item["image"]) for item in items}),
             "classes": dict(zip(class_names, class_counts(items, len(class_names)))),
         }
+    summary["skipped_files"] = datalist.get("skipped_files", 0)
     return summary
