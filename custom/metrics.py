@@ -8,6 +8,8 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
+from custom.trained_model import is_positive
+
 BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 _BOOTSTRAP_CHUNK = 256  # replicates resampled at once: memory stays at a few (chunk, N) float arrays
 
@@ -60,7 +62,7 @@ def cross_fitted_accuracy(labels: np.ndarray, scores: np.ndarray, method: str, g
     correct = np.zeros(labels.size, dtype=bool)
     for fit, held in GroupKFold(folds, shuffle=True, random_state=0).split(scores, labels, groups):
         threshold = select_threshold(labels[fit], scores[fit], method, target_sensitivity)
-        correct[held] = (scores[held] >= threshold) == labels[held]
+        correct[held] = is_positive(scores[held], threshold) == labels[held]
     return float(correct.mean())
 
 
@@ -94,7 +96,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     [[TN, FP], [FN, TP]] of (N,) 0/1 labels against (N,) positive-class probabilities at `threshold`."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
-    predicted = (scores >= threshold).astype(int)
+    predicted = is_positive(scores, threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     both_classes = len(np.unique(labels)) == 2
     return {
@@ -166,7 +168,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
 def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, groups: np.ndarray | None = None,
                         n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> dict:
     """Percentile bootstrap (1 - alpha) intervals of accuracy, sensitivity, specificity and ROC-AUC of (N,) 0/1
-    labels against (N,) positive-class probabilities decided as `scores >= threshold`.
+    labels against (N,) positive-class probabilities decided at `threshold` (`is_positive`).
 
     With (N,) `groups` (patient ids) whole groups are resampled with replacement (cluster bootstrap), else images.
     Returns `{metric: {"estimate", "low", "high", "n_skipped"}, "n_boot", "n_groups"}`; `n_skipped` counts the
@@ -236,7 +238,7 @@ def _group_statistics(labels: np.ndarray, scores: np.ndarray, threshold: float, 
     """Per group (G,) counts of images, correct decisions, positives, true positives, negatives and true negatives,
     and (G, U) sparse counts of positives / negatives per distinct score (U distinct scores, ascending)."""
     n = labels.size
-    predicted, positive, negative = scores >= threshold, labels == 1, labels == 0
+    predicted, positive, negative = is_positive(scores, threshold), labels == 1, labels == 0
     members = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
     score_bins = sparse.csr_matrix((np.ones(n), (np.arange(n), np.unique(scores, return_inverse=True)[1].ravel())))
     columns = {"n": np.ones(n), "correct": predicted == positive, "positive": positive, "tp": positive & predicted,

@@ -18,6 +18,7 @@ from sklearn import metrics as skm  # noqa: E402
 
 from custom.io import atomic_path  # noqa: E402
 from custom.metrics import calibration_bins  # noqa: E402
+from custom.trained_model import is_positive  # noqa: E402
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
@@ -102,8 +103,8 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str
 
 
 def _operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float, float]:
-    """(sensitivity, specificity, precision) of the decision ``scores >= threshold`` against (N,) 0/1 labels."""
-    predicted = np.asarray(scores) >= threshold
+    """(sensitivity, specificity, precision) of the decision at `threshold` (`is_positive`) against (N,) 0/1 labels."""
+    predicted = is_positive(scores, threshold)
     labels = np.asarray(labels).astype(bool)
     true_positives = (predicted & labels).sum()
     return (true_positives / max(labels.sum(), 1), (~predicted & ~labels).sum() / max((~labels).sum(), 1),

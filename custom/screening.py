@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,32 +18,12 @@ from custom.data.datalists import LABEL_SCHEMES
 from custom.io import atomic_path, write_json
 from custom.metrics import binary_metrics, multiclass_metrics, select_threshold
 from custom.plots import plot_confusion_matrix, plot_roc_pr
+from custom.trained_model import OperatingPoint, is_positive, load_weights
 
 logger = logging.getLogger(__name__)
 
 FINAL_CLASSES = LABEL_SCHEMES["three_class"]  # NORMAL, BACTERIAL, VIRAL
 SUBTYPES = FINAL_CLASSES[1:]
-
-
-def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike,
-                    device: torch.device | str = "cpu") -> dict | None:
-    """Loads the bundle checkpoint `{"model", "operating_point"}` at `path` into `network` (put in eval mode);
-    returns the stored operating point (None when absent). Errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from err
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise ValueError(f"{path}: not a bundle checkpoint (expected a dict with 'model' weights)")
-    try:
-        network.load_state_dict(checkpoint["model"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the configured network_def: {str(err).splitlines()[0]}") from err
-    network.to(device).eval()
-    return checkpoint.get("operating_point")
 
 
 def combine(p_pneumonia: np.ndarray, threshold: float, stage2_probs: np.ndarray,
@@ -53,7 +32,7 @@ def combine(p_pneumonia: np.ndarray, threshold: float, stage2_probs: np.ndarray,
 
     Args:
         p_pneumonia: (N,) stage-1 P(pneumonia).
-        threshold: stage-1 decision threshold (positive when p >= threshold).
+        threshold: stage-1 decision threshold (`is_positive`).
         stage2_probs: (N, C2) stage-2 probabilities (rows of stage-1 negatives are ignored and may be NaN).
         stage2_class_names: C2 names, containing BACTERIAL and VIRAL.
 
@@ -64,7 +43,7 @@ def combine(p_pneumonia: np.ndarray, threshold: float, stage2_probs: np.ndarray,
     p = np.asarray(p_pneumonia, dtype=np.float64)
     columns = [list(stage2_class_names).index(name) for name in SUBTYPES]
     subtype = np.asarray(stage2_probs, dtype=np.float64)[:, columns]
-    positive = p >= threshold
+    positive = is_positive(p, threshold)
     subtype = np.where(positive[:, None], subtype / np.maximum(subtype.sum(1, keepdims=True), 1e-12), 0.5)
     predicted = np.where(positive, 1 + subtype.argmax(1), 0)
     return predicted, np.column_stack([1 - p, p[:, None] * subtype])
@@ -114,13 +93,16 @@ class TwoStageScreening:
 
     def run(self) -> dict:
         """Loads both checkpoints, predicts, writes the report files and returns the metrics dict."""
-        stored = load_checkpoint(self.stage1, self.stage1_ckpt, self.device)
-        load_checkpoint(self.stage2, self.stage2_ckpt, self.device)
+        checkpoint = load_weights(self.stage1, self.stage1_ckpt)
+        load_weights(self.stage2, self.stage2_ckpt)
+        self.stage1.to(self.device).eval()
+        self.stage2.to(self.device).eval()
         if self.threshold_method is None:
-            if not stored:
+            if "operating_point" not in checkpoint:
                 raise ValueError(f"{self.stage1_ckpt}: no operating_point stored; "
                                  "set a threshold_method to pick one on validation")
-            threshold, method = float(stored["threshold"]), f"{stored['method']} (from checkpoint)"
+            stored = OperatingPoint.from_checkpoint(checkpoint)
+            threshold, method = stored.threshold, f"{stored.method} (from checkpoint)"
         else:
             val_labels, val_p, _, _ = self._predict(self.validation_items, threshold=None)
             threshold = select_threshold(val_labels > 0, val_p, self.threshold_method, self.target_sensitivity)
@@ -143,7 +125,7 @@ class TwoStageScreening:
                predicted: np.ndarray) -> dict:
         """Metrics dict from (N,) three-class labels, (N,) stage-1 P(pneumonia), (N, 3) end-to-end probabilities
         and (N,) end-to-end decisions (see `combine`)."""
-        positive = p >= threshold
+        positive = is_positive(p, threshold)
         true_positive = positive & (labels > 0)
         stage2 = {"n_stage1_positive": int(positive.sum()), "class_names": list(SUBTYPES)}
         if true_positive.any():  # bacterial vs viral on the pneumonia images that stage 1 passed on
@@ -181,7 +163,7 @@ class TwoStageScreening:
             labels.append(torch.as_tensor(batch["label"]).reshape(-1))
             if threshold is not None:
                 probs = torch.full((len(p), len(self.stage2_class_names)), float("nan"))
-                positive = (p >= threshold).cpu()
+                positive = torch.from_numpy(is_positive(p.cpu(), threshold))
                 if positive.any():
                     probs[positive] = torch.softmax(self.stage2(images[positive.to(self.device)]).float(), 1).cpu()
                 p2.append(probs)
@@ -193,6 +175,7 @@ class TwoStageScreening:
     def _write(self, report: dict, files: list[str], labels: np.ndarray, p: np.ndarray, p2: np.ndarray,
                predicted: np.ndarray) -> None:
         out = self.output_dir
+        stage1_positive = is_positive(p, report["stage1"]["threshold"])
         write_json(report, out / "screening_metrics.json")
         with atomic_path(out / "screening_predictions.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
@@ -200,7 +183,7 @@ class TwoStageScreening:
                              *[f"stage2_prob_{n}" for n in self.stage2_class_names], "predicted_label", "true_label"])
             for i, file in enumerate(files):
                 stage2 = ["" if np.isnan(q) else f"{q:.6f}" for q in p2[i]]
-                writer.writerow([file, f"{p[i]:.6f}", int(p[i] >= report["stage1"]["threshold"]), *stage2,
+                writer.writerow([file, f"{p[i]:.6f}", int(stage1_positive[i]), *stage2,
                                  FINAL_CLASSES[predicted[i]], FINAL_CLASSES[labels[i]]])
         plot_confusion_matrix(report["end_to_end"]["confusion_matrix"], FINAL_CLASSES,
                               out / "screening_confusion_matrix.png", title=f"two-stage screening, {self.split}")

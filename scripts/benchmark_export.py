@@ -23,15 +23,11 @@ from custom.timing import best_seconds, run_record  # noqa: E402
 
 
 def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path, repeats: int) -> list[dict]:
-    from monai.bundle import ConfigParser
-
     from custom.export import OnnxModule, export_onnx
+    from custom.trained_model import load_bundle
 
-    parser = ConfigParser()
-    parser.read_config(config)
-    net = parser.get_parsed_content("network_def").eval()
-    net.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["model"])
-    preprocessing = parser.get_parsed_content("preprocessing")
+    trained = load_bundle(".", config, ckpt_path, "cpu")
+    net, preprocessing, parser = trained.network, trained.preprocessing, trained.config
     x = torch.stack([preprocessing({"image": p})["image"].as_tensor() for p in images])
     with torch.no_grad():
         scripted = torch.jit.freeze(torch.jit.trace(net, x[:1]))

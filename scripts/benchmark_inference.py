@@ -28,23 +28,16 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
          results_file: str | None = None) -> None:
     """Times the first `limit` files of `images`; lung_mode: overrides the config's (crop | mask | none);
     results_file: JSON path written atomically with what is printed."""
-    from monai.bundle import ConfigParser
-
     from custom.benchmark import parse_list
     from custom.data import inference_items
     from custom.io import write_json
     from custom.timing import best_seconds, run_record
+    from custom.trained_model import load_bundle
 
-    parser = ConfigParser()
-    parser.read_config(config)
-    parser["ckpt_path"] = ckpt_path
-    if lung_mode is not None:
-        parser["lung_mode"] = lung_mode
+    overrides = {} if lung_mode is None else {"lung_mode": lung_mode}
+    trained = load_bundle(".", config, ckpt_path, device=None, **overrides)  # device: the config's
+    net, preprocessing, parser = trained.network, trained.preprocessing, trained.config
     device = parser.get_parsed_content("device")
-    net = parser.get_parsed_content("network")
-    net.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False)["model"])
-    net.eval()
-    preprocessing = parser.get_parsed_content("preprocessing")
     items = inference_items(images)[:limit]
 
     start = time.perf_counter()

@@ -37,17 +37,10 @@ def network(config_file="configs/inference.json", ckpt_path: str = "models/model
     when the config sets ``head_only_checkpoint``) -> `filepath`. ``--nodynamic_batch``: batch fixed to 1 (needed
     for MedSAMClassifier, whose TinyViT graph bakes the batch size in). Other ``--id value`` pairs override the
     config."""
-    from monai.bundle import ConfigParser
+    from custom.trained_model import load_bundle
 
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser.update(override)
-    net = parser.get_parsed_content("network_def").eval()
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{ckpt_path}: expected a checkpoint dict with a 'model' state dict, got "
-                         f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}")
-    (net.classifier if parser.get("head_only_checkpoint", False) else net).load_state_dict(ckpt["model"])
+    trained = load_bundle(".", config_file, ckpt_path, "cpu", **override)
+    net, parser = trained.network, trained.config
     size = getattr(getattr(net, "encoder", None), "input_size", None)  # MedSAMClassifier: its encoder's input size
     image_size = [size, size] if size else list(parser.get_parsed_content("image_size"))
     shape = [1, parser.get_parsed_content("in_channels"), *image_size]

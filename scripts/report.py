@@ -25,6 +25,7 @@ from custom.io import write_json  # noqa: E402
 from custom.metrics import binary_metrics, bootstrap_intervals, paired_bootstrap  # noqa: E402
 from custom.report_html import build_report  # noqa: E402
 from custom.timing import run_record  # noqa: E402
+from custom.trained_model import load_checkpoint  # noqa: E402
 
 
 def _labelled(predictions: str, positive: str) -> pd.DataFrame:
@@ -89,8 +90,7 @@ def html(eval_dir: str, train_dir: str | None = None, prefix: str | None = None,
 
 def provenance(checkpoint: str, config: bool = False) -> None:
     """Prints a checkpoint's provenance record as JSON (`config=True`: with the full merged config)."""
-    import torch  # here, so that the other sub-commands start without it
-    record = torch.load(checkpoint, map_location="cpu", weights_only=True).get("provenance")
+    record = load_checkpoint(checkpoint).get("provenance")
     if record is None:
         raise ValueError(f"{checkpoint}: no provenance recorded (trained before bundle 0.5.0, or not by train.json)")
     print(json.dumps(record if config else {k: v for k, v in record.items() if k != "config"}, indent=2))

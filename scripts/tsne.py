@@ -10,6 +10,7 @@ Examples (from the repo root):
         --output runs/eval/tsne_cnn.png
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,11 +21,11 @@ if REPO_ROOT not in sys.path:
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
 
 from custom.data.datalists import SPLITS, build_covid_radiography, build_kermany, load_datalist  # noqa: E402
 from custom.embedding_cache import EmbeddingCache  # noqa: E402
 from custom.encoders import build_encoder  # noqa: E402
+from custom.trained_model import load_bundle  # noqa: E402
 from custom.tsne import cached_embeddings, penultimate_features, tsne_plot  # noqa: E402
 
 SOURCES = ("medsam", "checkpoint")
@@ -77,8 +78,8 @@ def main(output: str = "runs/eval/tsne.png", datalist=None, dataset_dir=None, la
 
     source "medsam": average-pooled (256-d) MedSAM embeddings from the cache in `cache_dir` (missing ones are
     computed; variant "lite" or "vit_b" with --encoder_checkpoint). source "checkpoint": the input of the last linear
-    layer of `config_file`'s ``network_def`` (``num_classes`` outputs) loaded from `ckpt_path` ({"model": ...}), on
-    images preprocessed by the config's ``validate#preprocessing``.
+    layer of `config_file`'s ``network_def`` (``num_classes`` outputs) with the weights of `ckpt_path` (`load_bundle`),
+    on images preprocessed by the config's ``preprocessing``.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
@@ -89,17 +90,10 @@ def main(output: str = "runs/eval/tsne.png", datalist=None, dataset_dir=None, la
         features, items = cached_embeddings(items, cache, batch_size, device)
         title = f"t-SNE, MedSAM {variant} embeddings"
     else:
-        parser = ConfigParser()
-        parser.read_config(config_file)
-        parser["bundle_root"] = REPO_ROOT
-        parser["num_classes"] = num_classes
-        network = parser.get_parsed_content("network_def")
-        if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
-        network.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=True)["model"])
-        preprocessing = parser.get_parsed_content("validate#preprocessing")
-        features, items = penultimate_features(network, items, lambda item: preprocessing(dict(item)), batch_size,
-                                               device)
+        model = load_bundle(REPO_ROOT, [os.path.abspath(f) for f in _as_list(config_file)], ckpt_path,
+                            num_classes=num_classes)
+        features, items = penultimate_features(model.network, items, lambda item: model.preprocessing(dict(item)),
+                                               batch_size, device)
         title = f"t-SNE, {Path(ckpt_path).name} features"
     tsne_plot(features, items, output, perplexity, seed, title)
     print(f"{output}: {len(items)} images, {features.shape[1]}-d features")

@@ -67,8 +67,8 @@ def test_network_from_torchscript_equals_network_def_plus_checkpoint(parser, tmp
         torch.testing.assert_close(scripted(x), eager(x), atol=1e-4, rtol=1e-4)
     # the decision threshold travels only in model.pt; a TorchScript-only bundle falls back to 0.5
     checkpoint = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert read_operating_point(ROOT) == checkpoint["operating_point"]
-    assert read_operating_point(ts_bundle) == {"threshold": 0.5, "method": "default", "positive_index": 1}
+    assert read_operating_point(ROOT).state_dict() == checkpoint["operating_point"]
+    assert read_operating_point(ts_bundle).state_dict() == {"threshold": 0.5, "method": "default", "positive_index": 1}
     # plain ckpt_export records no source checkpoint: beside a model.pt, that model.ts cannot be trusted
     shutil.copy(ROOT / "models" / "model.pt", ts_bundle / "models" / "model.pt")
     with caplog.at_level(logging.WARNING, logger="custom.export"):

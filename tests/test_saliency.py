@@ -20,10 +20,11 @@ from bundle.deploy.predict import bundle_parser
 from custom.data.datalists import build_covid_radiography, kermany_items, write_datalist
 from custom.embedding_cache import EmbeddingCache
 from custom.encoders import build_encoder, encoder_preprocess
-from custom.handlers import OperatingPoint, SaliencyHandler
+from custom.handlers import SaliencyHandler
 from custom.heads import MedSAMClassifier
 from custom.networks import SmallCNN, TorchvisionClassifier
 from custom.saliency import Saliency, default_target_layer
+from custom.trained_model import OperatingPoint
 from custom.transforms import LoadCXR
 from custom.tsne import cached_embeddings, tsne_2d
 
@@ -146,7 +147,7 @@ def test_handler_reports_and_skips_bad_items(resnet, tmp_path):
     assert (tmp_path / "saliency" / "person1_virus_6_TP.png").is_file()
     assert (tmp_path / "saliency_gallery.png").is_file()
     assert handler.outcome(0, 1) == "FN" and handler.outcome(1, 0) == "FP" and handler.outcome(0, 0) == "TN"
-    assert handler.decide(torch.tensor([0.75, 0.25])) == 0 and handler.decide(torch.tensor([0.7, 0.3])) == 1
+    assert handler.operating_point.decide(torch.tensor([[0.75, 0.25], [0.7, 0.3]])).tolist() == [0, 1]
     multi = SaliencyHandler(str(tmp_path), ["NORMAL", "BACTERIAL", "VIRAL"])
     assert multi.outcomes == ("correct", "incorrect") and multi.outcome(2, 2) == "correct"
 

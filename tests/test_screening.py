@@ -14,8 +14,7 @@ from sklearn import metrics as skm
 
 from custom.data.datalists import kermany_items, write_datalist
 from custom.metrics import multiclass_metrics
-from custom.networks import TorchvisionClassifier
-from custom.screening import FINAL_CLASSES, TwoStageScreening, combine, load_checkpoint
+from custom.screening import FINAL_CLASSES, TwoStageScreening, combine
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -159,13 +158,3 @@ def test_stage1_threshold_repicked_on_validation_for_target_sensitivity(three_cl
     with pytest.raises(ValueError, match="needs validation items"):
         TwoStageScreening([], None, None, None, "a", "b", tmp_path, threshold_method="youden")
 
-
-def test_bad_checkpoints_are_named(tmp_path):
-    three_class = TorchvisionClassifier("resnet18", in_channels=1, num_classes=3)
-    with pytest.raises(ValueError, match=r"model\.pt: weights do not fit"):
-        load_checkpoint(three_class, ROOT / "models" / "model.pt")
-    (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty\.pt: cannot read checkpoint"):
-        load_checkpoint(three_class, tmp_path / "empty.pt")
-    with pytest.raises(FileNotFoundError, match=r"missing\.pt: checkpoint not found"):
-        load_checkpoint(three_class, tmp_path / "missing.pt")

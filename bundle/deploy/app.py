@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 from bundle.deploy.predict import bundle_parser, load_network  # noqa: E402
 from bundle.deploy.result import classify, read_operating_point, result_text  # noqa: E402
 from custom.io import write_json  # noqa: E402
+from custom.trained_model import bundle_info  # noqa: E402
 from custom.transforms import LoadCXRd, dicom_to_array  # noqa: E402
 
 RADIOGRAPH_RULES = """{
@@ -99,10 +100,7 @@ class CXRResultOperator(Operator):
     `<output_folder>/result.json` and emits the result text for the SR writer (named output "text")."""
 
     def __init__(self, fragment: Fragment, *args, bundle_root: Path, output_folder: Path, **kwargs) -> None:
-        from monai.bundle import ConfigParser
-
-        meta = ConfigParser.load_config_file(bundle_root / "configs" / "metadata.json")
-        self.class_names = [v for _, v in sorted(meta["network_data_format"]["outputs"]["pred"]["channel_def"].items())]
+        self.class_names = bundle_info(bundle_root)["class_names"]
         self.operating_point = read_operating_point(bundle_root)
         self.output_folder = Path(output_folder)
         super().__init__(fragment, *args, **kwargs)
@@ -123,16 +121,14 @@ class CXRPneumoniaApp(Application):
     (has `configs/metadata.json`), else `CXR_BUNDLE_ROOT`, else this repository."""
 
     def compose(self) -> None:
-        from monai.bundle import ConfigParser
-
         app_context: AppContext = Application.init_app_context(self.argv)
         input_folder, output_folder = Path(app_context.input_path), Path(app_context.output_path)
         model_path = Path(app_context.model_path or "")
         is_bundle = (model_path / "configs" / "metadata.json").is_file()
         bundle_root = (model_path if is_bundle else Path(os.environ.get("CXR_BUNDLE_ROOT", ROOT))).resolve()
         app_context.models = bundle_model(bundle_root)  # the operator reads the bundle's configs from its path
-        meta = ConfigParser.load_config_file(bundle_root / "configs" / "metadata.json")
-        model_info = ModelInfo("cxr-pneumonia contributors", meta["name"], meta["version"], "")
+        info = bundle_info(bundle_root)
+        model_info = ModelInfo("cxr-pneumonia contributors", info["name"], info["version"], "")
 
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_folder, name="dicom_loader")
         selector = DICOMSeriesSelectorOperator(self, rules=RADIOGRAPH_RULES, name="series_selector")

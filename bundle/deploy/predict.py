@@ -25,21 +25,20 @@ if str(ROOT) not in sys.path:
 
 from bundle.deploy.result import classify, read_operating_point, write_outputs  # noqa: E402
 from custom.export import bundle_weights  # noqa: E402
+from custom.trained_model import bundle_config, bundle_info, configured_network  # noqa: E402
 from custom.transforms import DICOM_SUFFIXES, LoadCXR, LoadCXRd  # noqa: E402
 
 REQUIRED_IDS = ("bundle_root", "device", "preprocessing", "inferer", "postprocessing", "network_def")
 
 
 def bundle_parser(bundle_root: str | os.PathLike = ROOT, config_name: str = "inference") -> ConfigParser:
-    """`configs/metadata.json` + `configs/<config_name>.json` of a bundle, with `bundle_root` set to it."""
-    root = Path(bundle_root)
-    parser = ConfigParser()
-    parser.read_meta(root / "configs" / "metadata.json")
-    parser.read_config(root / "configs" / f"{config_name}.json")
+    """`configs/metadata.json` + `configs/<config_name>.json` of a bundle (`custom.trained_model.bundle_config`),
+    checked for the ids the deploy operator reads."""
+    config_file = Path("configs") / f"{config_name}.json"
+    parser = bundle_config(bundle_root, config_file)
     missing = [key for key in REQUIRED_IDS if key not in parser]
     if missing:
-        raise KeyError(f"{root / 'configs' / (config_name + '.json')}: missing ids {missing}")
-    parser["bundle_root"] = str(root)
+        raise KeyError(f"{Path(bundle_root) / config_file}: missing ids {missing}")
     return parser
 
 
@@ -51,14 +50,11 @@ def in_memory_preprocessing(parser: ConfigParser) -> Compose:
 
 def load_network(bundle_root: str | os.PathLike, parser: ConfigParser, device: torch.device) -> torch.nn.Module:
     """The file `bundle_weights` picks: `models/model.ts` while it matches `models/model.pt`, else `network_def`
-    with the "model" weights of `models/model.pt`; eval mode."""
+    with the "model" weights of `models/model.pt` (`custom.trained_model.configured_network`); eval mode."""
     path = bundle_weights(Path(bundle_root) / "models")
     if path.suffix == ".ts":
         return torch.jit.load(str(path), map_location=device).eval()
-    network = parser.get_parsed_content("network_def").to(device)
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    network.load_state_dict(checkpoint["model"] if "model" in checkpoint else checkpoint)
-    return network.eval()
+    return configured_network(parser, path, device)
 
 
 class BundlePredictor:
@@ -72,9 +68,8 @@ class BundlePredictor:
         self.inferer = self.parser.get_parsed_content("inferer")
         self.postprocessing = self.parser.get_parsed_content("postprocessing")
         self.network = load_network(self.bundle_root, self.parser, self.device)
-        meta = self.parser["_meta_"]
-        self.class_names = [v for _, v in sorted(meta["network_data_format"]["outputs"]["pred"]["channel_def"].items())]
-        self.model_name, self.model_version = meta["name"], meta["version"]
+        info = bundle_info(self.bundle_root)
+        self.class_names, self.model_name, self.model_version = info["class_names"], info["name"], info["version"]
         self.operating_point = read_operating_point(self.bundle_root)
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from custom.io import atomic_path, write_json
+from custom.trained_model import DEFAULT_CHECKPOINT, OperatingPoint, load_checkpoint
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 DISCLAIMER = "Research use only. Not a medical device; not for clinical diagnosis."
@@ -22,31 +23,23 @@ STUDY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Stu
               "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
 
-def read_operating_point(bundle_root: str | os.PathLike) -> dict:
-    """The validation-picked threshold stored with the weights in `models/model.pt`; 0.5 when there is none
-    (e.g. a bundle that ships only `models/model.ts`)."""
-    path = Path(bundle_root) / "models" / "model.pt"
-    if path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(checkpoint, dict) and "operating_point" in checkpoint:
-            return dict(checkpoint["operating_point"])
-    return {"threshold": 0.5, "method": "default", "positive_index": 1}
+def read_operating_point(bundle_root: str | os.PathLike) -> OperatingPoint:
+    """The validation-picked threshold stored with the weights in `models/model.pt`; 0.5 (method "default") when
+    there is none (e.g. a bundle that ships only `models/model.ts`)."""
+    path = Path(bundle_root) / DEFAULT_CHECKPOINT
+    return OperatingPoint.from_checkpoint(load_checkpoint(path) if path.is_file() else None)
 
 
-def classify(probabilities, class_names: list[str], operating_point: dict) -> dict:
-    """(C,) softmax probabilities -> result dict; binary tasks decide with P(positive) >= threshold, else argmax."""
+def classify(probabilities, class_names: list[str], operating_point: OperatingPoint) -> dict:
+    """(C,) softmax probabilities -> result dict with the operating point's decision (`OperatingPoint.decide`)."""
     probs = np.asarray(torch.as_tensor(probabilities).detach().float().cpu()).reshape(-1)
     if probs.shape[0] != len(class_names):
         raise ValueError(f"expected {len(class_names)} class probabilities, got shape {probs.shape}")
-    positive = int(operating_point["positive_index"])
-    threshold = float(operating_point["threshold"])
-    if len(class_names) == 2:
-        index = positive if probs[positive] >= threshold else 1 - positive
-    else:
-        index = int(probs.argmax())
+    index = int(operating_point.decide(probs[None])[0])
     return {"predicted_class": class_names[index], "predicted_index": index,
             "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, probs)},
-            "threshold": threshold, "threshold_method": operating_point.get("method", ""), "disclaimer": DISCLAIMER}
+            "threshold": operating_point.threshold, "threshold_method": operating_point.method,
+            "disclaimer": DISCLAIMER}
 
 
 def result_text(result: dict) -> str:

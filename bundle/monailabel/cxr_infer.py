@@ -8,30 +8,27 @@ and `models/model.pt` (`{"model": state_dict, "operating_point": {...}}`). Three
 - an unreadable upload (`UnreadableImageError` from `LoadCXRd`: corrupt, truncated, text, empty) is answered with
   HTTP 422 and the reader's message, instead of the 500 MONAI Label returns for any exception; every other error is
   the server's own and stays a 500 (the server logs its traceback);
-- the JSON answer adds the label decided with the checkpoint's validation-picked threshold, so it matches the
-  bundle's own `inference.json` prediction (`predictions.csv`).
+- the JSON answer adds the label decided at the checkpoint's operating point (`custom.trained_model`), so it matches
+  the bundle's own `inference.json` prediction (`predictions.csv`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
-import torch
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
-from custom.handlers import ClassificationReport, OperatingPoint
+from custom.trained_model import OperatingPoint, bundle_info, load_checkpoint
 from custom.transforms import UnreadableImageError
 
 
 def model_name(bundle_root: str) -> str:
     """The bundle's metadata `name` as a URL-safe model id, e.g. "cxr_pneumonia_classification"."""
-    with open(os.path.join(bundle_root, "configs", "metadata.json")) as f:
-        return "_".join(json.load(f)["name"].lower().split())
+    return "_".join(bundle_info(bundle_root)["name"].lower().split())
 
 
 class CXRClassificationInfer(BundleInferTask):
@@ -44,18 +41,12 @@ class CXRClassificationInfer(BundleInferTask):
                          add_post_restore=False, load_strict=True)
         if not self.is_valid():
             raise ValueError(f"{bundle_root}: not a loadable bundle (needs configs/inference.json and models/model.pt)")
-        checkpoint = torch.load(self.path[0], map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(self.path[0])
         if "operating_point" not in checkpoint:
             raise ValueError(f"{self.path[0]}: checkpoint has no 'operating_point' (expected {{'model', 'operating_point'}})")
-        self.operating_point = OperatingPoint()
-        self.operating_point.load_state_dict(checkpoint["operating_point"])
-        with open(os.path.join(bundle_root, "configs", "metadata.json")) as f:
-            channel_def = json.load(f)["network_data_format"]["outputs"]["pred"]["channel_def"]
-        self.class_names = [channel_def[str(i)] for i in range(len(channel_def))]
+        self.operating_point = OperatingPoint.from_checkpoint(checkpoint)
+        self.class_names = bundle_info(bundle_root)["class_names"]
         self.labels = {name: i for i, name in enumerate(self.class_names)}  # MONAI Label lower-cases them
-        # used for its decision rule only (`decide`); it writes nothing unless attached to an engine
-        self.report = ClassificationReport(os.path.join(bundle_root, "runs", "monailabel"), self.class_names,
-                                           operating_point=self.operating_point, plots=False)
 
     def __call__(self, request, callbacks=None):
         """MONAI Label's inference; a failed request removes its upload copy, and only bad input (the upload is no
@@ -73,6 +64,6 @@ class CXRClassificationInfer(BundleInferTask):
     def writer(self, data, extension=None, dtype=None):
         result_file, result_json = super().writer(data, extension, dtype)
         probs = data[self.output_label_key].detach().float().cpu().numpy().reshape(1, -1)  # (1, C)
-        decided = int(self.report.decide(probs, self.operating_point.threshold)[0])
+        decided = int(self.operating_point.decide(probs)[0])
         result_json.update(label=self.class_names[decided], threshold=self.operating_point.threshold)
         return result_file, result_json

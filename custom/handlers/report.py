@@ -1,5 +1,5 @@
-"""Per-run classification report: predictions CSV, metrics JSON, confusion-matrix and ROC plots, and the
-validation-picked decision threshold (`OperatingPoint`) that is saved with the checkpoint."""
+"""Per-run classification report: predictions CSV, metrics JSON, confusion-matrix and ROC plots; on validation it
+picks the decision threshold (`custom.trained_model.OperatingPoint`) that is saved with the checkpoint."""
 
 from __future__ import annotations
 
@@ -16,23 +16,10 @@ from ignite.engine import Engine, Events
 from custom.io import atomic_path, write_json
 from custom.metrics import bootstrap_intervals, classification_metrics, select_threshold
 from custom.plots import plot_confusion_matrix, plot_roc_pr
+from custom.trained_model import OperatingPoint
 from custom.transforms_lung import STATUS_KEY
 
 logger = logging.getLogger(__name__)
-
-
-class OperatingPoint:
-    """The decision threshold on the positive-class probability, chosen on validation; checkpointable."""
-
-    def __init__(self, threshold: float = 0.5, method: str = "fixed", positive_index: int = 1) -> None:
-        self.threshold, self.method, self.positive_index = float(threshold), method, positive_index
-
-    def state_dict(self) -> dict:
-        return {"threshold": self.threshold, "method": self.method, "positive_index": self.positive_index}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.threshold, self.method = float(state["threshold"]), state["method"]
-        self.positive_index = int(state["positive_index"])
 
 
 class ClassificationReport:
@@ -110,7 +97,7 @@ class ClassificationReport:
                                             self.select_threshold, self.target_sensitivity)
             op.method = self.select_threshold
         threshold = op.threshold if (op is not None and self.binary) else None
-        predicted = self.decide(probs, threshold)
+        predicted = (op or OperatingPoint()).decide(probs)
         self._write_predictions(probs, predicted, labels)
         lung = {"lung_fallbacks": self.lung.count("fallback")} if any(self.lung) else {}
         if labels is None:
@@ -134,13 +121,6 @@ class ClassificationReport:
                 plot_roc_pr(labels == positive, probs[:, positive], self.output_dir / f"{self.prefix}_roc.png", threshold)
         logger.info("%s: %s", self.prefix, {k: round(v, 4) for k, v in self.result.items()
                                              if isinstance(v, float) and not math.isnan(v)})
-
-    def decide(self, probs: np.ndarray, threshold: float | None) -> np.ndarray:
-        """(N, C) probabilities -> (N,) class indices: threshold on the positive class when binary, else argmax."""
-        if threshold is None or not self.binary:
-            return probs.argmax(1) if len(probs) else np.zeros(0, dtype=int)
-        positive = self.operating_point.positive_index
-        return np.where(probs[:, positive] >= threshold, positive, 1 - positive)
 
     def _write_predictions(self, probs: np.ndarray, predicted: np.ndarray, labels: np.ndarray | None) -> None:
         os.makedirs(self.output_dir, exist_ok=True)

@@ -7,11 +7,11 @@ import logging
 import re
 from pathlib import Path
 
-import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from custom.provenance import Provenance
+from custom.trained_model import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def prepare_checkpoint_dir(checkpoint_dir: str | Path, provenance: Provenance, r
             old.unlink(missing_ok=True)
             logger.info("--resume False: removed %s", old)
         return
-    saved = torch.load(path, map_location="cpu", weights_only=True).get("provenance")
+    saved = load_checkpoint(path).get("provenance")
     differs = provenance.mismatch(saved) if saved is not None else ["provenance"]
     if differs:
         what = " and ".join({"config_hash": "config", "datalist_hash": "data (datalist)", "provenance": "provenance "

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from custom.handlers.report import OperatingPoint
 from custom.saliency import Saliency, as_numpy, plot_saliency_gallery, plot_saliency_overlay, saliency_title
+from custom.trained_model import OperatingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ class SaliencyHandler:
     end of the run writes ``<output_dir>/saliency_gallery.png`` (a row per outcome, `per_outcome` tiles, most
     confident first).
 
-    Binary tasks decide with the operating point's threshold on P(positive) and name outcomes TP / FP / TN / FN;
-    more classes use argmax and correct / incorrect. Needs decollated outputs with "pred" = (C,) probabilities and
+    The predicted class is the operating point's decision (`OperatingPoint.decide`); binary tasks name outcomes
+    TP / FP / TN / FN, more classes correct / incorrect. Needs decollated outputs with "pred" = (C,) probabilities and
     "label", the network input "image" (C, W, H), and the file name: the meta data of the batch's `filename_key`
     (a MetaTensor) or its value (a path string, e.g. copied before a transform that drops meta data). Items without
     a label or a file name, or whose saliency or figure fails, are logged and skipped
@@ -70,13 +70,6 @@ class SaliencyHandler:
         self._best: dict[str, list] = {name: [] for name in self.outcomes}  # min-heaps of (confidence, n, tile)
         self._counter = itertools.count()
 
-    def decide(self, probs: torch.Tensor) -> int:
-        """(C,) probabilities -> predicted class: threshold on the positive class when binary, else argmax."""
-        if len(self.class_names) != 2:
-            return int(probs.argmax())
-        positive = self.operating_point.positive_index
-        return positive if float(probs[positive]) >= self.operating_point.threshold else 1 - positive
-
     def outcome(self, predicted: int, label: int) -> str:
         if len(self.class_names) != 2:
             return "correct" if predicted == label else "incorrect"
@@ -110,7 +103,7 @@ class SaliencyHandler:
         probs = torch.as_tensor(item["pred"]).detach().float().cpu().reshape(-1)
         if probs.numel() != len(self.class_names) or not torch.isfinite(probs).all():
             raise ValueError(f"{file}: prediction {probs.tolist()} is not {len(self.class_names)} finite probabilities")
-        predicted = self.decide(probs)
+        predicted = int(self.operating_point.decide(probs[None])[0])
         outcome = self.outcome(predicted, label)
         confidence = float(probs[predicted])
         saliency = self.saliency(image[None].to(device), predicted)[0]
