@@ -63,7 +63,7 @@ def test_run_record_reads_the_cpu_model(tmp_path):
 
 def test_benchmark_inference_results_file(tmp_path, monkeypatch, capsys):
     out = run_script("benchmark_inference.py", "--images", TEST_IMAGES, "--limit", 4, "--batch_sizes", "1,2",
-                     "--repeats", 1, "--results_file", tmp_path / "results" / "inference.json",
+                     "--repeats", 1, "--lung_mode", "crop", "--results_file", tmp_path / "results" / "inference.json",
                      monkeypatch=monkeypatch, capsys=capsys)
     result = written_and_printed(tmp_path / "results" / "inference.json", out)
     check_record(result, "benchmark_inference.py")
