@@ -18,7 +18,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import monai
@@ -57,14 +57,6 @@ def active_config() -> dict | None:
 def config_hash(config: Mapping) -> str:
     """sha256 of a merged config without its `VOLATILE_IDS`."""
     return _sha256({k: v for k, v in config.items() if k not in VOLATILE_IDS})
-
-
-def merged_config(config_files: str | Sequence[str], overrides: Mapping | None = None) -> dict:
-    """The config `python -m monai.bundle run --config_file <files> --<id> <value> ...` runs, unevaluated."""
-    parser = ConfigParser()
-    parser.read_config(config_files)
-    parser.update(dict(overrides or {}))
-    return parser.get()
 
 
 def datalist_hash(datalist: Mapping) -> str:
