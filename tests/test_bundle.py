@@ -339,10 +339,10 @@ def test_benchmark_compares_on_validation_reuses_matching_runs_and_reruns_change
     out = first.stdout
     assert out.index("Validation") < out.index("Rule:") < out.index("Test (reported") and summary["winner"] in out
     again = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
-    assert "Epoch[" not in again.stderr, "finished runs with the same key must be reused"
+    assert "Epoch[" not in again.stdout + again.stderr, "finished runs with the same key must be reused"
     key_before = json.loads((tmp_path / "small_cnn" / "learning_rate=0.001" / "seed0" / "run.json").read_text())["key"]
     changed = subprocess.run([*base, "--seeds", "0", "--values", "0.001", fast + " --label_smoothing 0.1"],
                              cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
-    assert "running it again" in changed.stderr and "Epoch[" in changed.stderr
+    assert "running it again" in changed.stdout + changed.stderr and "Epoch[" in changed.stdout + changed.stderr
     record = json.loads((tmp_path / "small_cnn" / "learning_rate=0.001" / "seed0" / "run.json").read_text())
     assert record["key"] != key_before and "--label_smoothing" in record["args"]
