@@ -70,7 +70,8 @@ def test_two_process_gloo_training(tmp_path):
     assert [h["epoch"] for h in history] == [1]
 
     # the saved weights are the plain network's (DistributedDataParallel unwrapped), loadable for inference
-    checkpoint = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=False)
-    assert set(checkpoint) == {"model", "operating_point"}
+    checkpoint = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(checkpoint) == {"model", "operating_point", "provenance"}
+    assert checkpoint["provenance"]["seed"] == 0 and checkpoint["provenance"]["datalist_sizes"]["validation"] == 8
     net = TorchvisionClassifier(arch="resnet18", in_channels=1, num_classes=2)
     net.load_state_dict(checkpoint["model"])
