@@ -101,10 +101,14 @@ def train_and_evaluate(run_dir: str | Path, configs: Sequence[str], args: Sequen
     return {split: record[split] for split in SPLITS}
 
 
+def spread(values: Sequence[float]) -> dict:
+    """``{"mean", "std"}`` of `values` (std: sample standard deviation, 0 for a single value)."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
 def mean_std(results: Sequence[Mapping[str, float]], keys: Sequence[str] = REPORTED) -> dict:
-    """``{key: {"mean", "std"}}`` over `results` (std: sample standard deviation, 0 for a single result)."""
-    return {k: {"mean": float(np.mean([r[k] for r in results])),
-                "std": float(np.std([r[k] for r in results], ddof=1)) if len(results) > 1 else 0.0} for k in keys}
+    """``{key: spread}`` of each key over `results`."""
+    return {k: spread([r[k] for r in results]) for k in keys}
 
 
 def pick_on_validation(validation: Mapping[str, Mapping]) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.benchmark import parse_list  # noqa: E402
+from custom.benchmark import parse_list, spread  # noqa: E402
 from custom.data.datalists import kermany_patient_id  # noqa: E402
 from custom.io import write_json  # noqa: E402
 from custom.metrics import THRESHOLD_METHODS, binary_metrics, cross_fitted_accuracy, select_threshold  # noqa: E402
@@ -49,10 +49,6 @@ def _study(validation: pd.DataFrame, test: pd.DataFrame, target_sensitivity: flo
     return out
 
 
-def _mean_sd(values) -> dict:
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-
-
 def main(option_dir: str, seeds="0,1,2", positive: str = "PNEUMONIA", target_sensitivity: float = 0.95,
          results_file: str | None = None) -> None:
     seeds = parse_list(seeds, int)
@@ -70,12 +66,12 @@ def main(option_dir: str, seeds="0,1,2", positive: str = "PNEUMONIA", target_sen
                      for i, frame in enumerate((first_val, first_test)))
     studies = {name: _study(v, t, target_sensitivity) for name, (v, t) in {**members, "ensemble": ensemble}.items()}
     singles = [studies[f"seed{s}"] for s in seeds]
-    rules = {rule: {"validation_cross_fitted_accuracy": _mean_sd([s["rules"][rule]["validation_cross_fitted_accuracy"]
+    rules = {rule: {"validation_cross_fitted_accuracy": spread([s["rules"][rule]["validation_cross_fitted_accuracy"]
                                                                    for s in singles]),
-                    "test": {k: _mean_sd([s["rules"][rule]["test"][k] for s in singles]) for k in TEST_FIELDS}}
+                    "test": {k: spread([s["rules"][rule]["test"][k] for s in singles]) for k in TEST_FIELDS}}
              for rule in THRESHOLD_METHODS}
     best_rule = max(THRESHOLD_METHODS, key=lambda r: rules[r]["validation_cross_fitted_accuracy"]["mean"])
-    single_auc = _mean_sd([s["validation_roc_auc"] for s in singles])
+    single_auc = spread([s["validation_roc_auc"] for s in singles])
     ensemble_wins = studies["ensemble"]["validation_roc_auc"] > max(s["validation_roc_auc"] for s in singles)
     summary = {
         "date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]), "seeds": seeds,
@@ -90,15 +86,15 @@ def main(option_dir: str, seeds="0,1,2", positive: str = "PNEUMONIA", target_sen
     for rule in THRESHOLD_METHODS:
         stats = rules[rule]["validation_cross_fitted_accuracy"]
         ens = studies["ensemble"]["rules"][rule]["validation_cross_fitted_accuracy"]
-        print(f"| {rule} | {stats['mean']:.4f} ± {stats['sd']:.4f} | {ens:.4f} |")
+        print(f"| {rule} | {stats['mean']:.4f} ± {stats['std']:.4f} | {ens:.4f} |")
     print(f"Rule choice ({summary['rule_choice']}): {best_rule}")
-    print(f"Validation ROC-AUC: single {single_auc['mean']:.4f} ± {single_auc['sd']:.4f}, ensemble "
+    print(f"Validation ROC-AUC: single {single_auc['mean']:.4f} ± {single_auc['std']:.4f}, ensemble "
           f"{studies['ensemble']['validation_roc_auc']:.4f} -> ensemble {'wins' if ensemble_wins else 'does not win'}")
     print("\nTest (reported, never used for a choice):")
     print("| rule | accuracy (seeds) | sensitivity | specificity | ensemble accuracy | ensemble ROC-AUC |\n|---|---|---|---|---|---|")
     for rule in THRESHOLD_METHODS:
         test, ens = rules[rule]["test"], studies["ensemble"]["rules"][rule]["test"]
-        print(f"| {rule} | {test['accuracy']['mean']:.3f} ± {test['accuracy']['sd']:.3f} | "
+        print(f"| {rule} | {test['accuracy']['mean']:.3f} ± {test['accuracy']['std']:.3f} | "
               f"{test['sensitivity']['mean']:.3f} | {test['specificity']['mean']:.3f} | {ens['accuracy']:.3f} | "
               f"{ens['roc_auc']:.3f} |")
 
