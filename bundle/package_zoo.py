@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `custom` for `custom.io` when run as a plain script
 
-from custom.export import export_torchscript  # noqa: E402
 from custom.io import atomic_path, file_sha256  # noqa: E402
+from custom.models.export import export_torchscript  # noqa: E402
 
 CONTENT = ("configs", "models", "custom", "docs/README.md", "LICENSE")
 LARGE_FILES_NOTE = """\

@@ -15,15 +15,24 @@ from pathlib import Path
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.benchmark import (RULE, SPLITS, REPORTED, VALIDATION_REPORTED, mean_std, parse_list,  # noqa: E402
-                              pick_on_validation, train_and_evaluate, validation_first_report)
+from custom.evaluation.benchmark import (  # noqa: E402
+    REPORTED,
+    RULE,
+    SPLITS,
+    VALIDATION_REPORTED,
+    mean_std,
+    parse_list,
+    pick_on_validation,
+    train_and_evaluate,
+    validation_first_report,
+)
 from custom.io import write_json  # noqa: E402
 
 # model -> network_def override (None: the config's own network_def, so the default recipe runs unchanged)
 MODELS = {
     "resnet18": None,
     "densenet121": "{'_target_': 'monai.networks.nets.DenseNet121', 'spatial_dims': 2, 'in_channels': '@in_channels', 'out_channels': '@num_classes'}",
-    "small_cnn": "{'_target_': 'custom.networks.SmallCNN', 'in_channels': '@in_channels', 'num_classes': '@num_classes'}",
+    "small_cnn": "{'_target_': 'custom.models.networks.SmallCNN', 'in_channels': '@in_channels', 'num_classes': '@num_classes'}",
 }
 RUN_FIELDS = (*dict.fromkeys((*REPORTED, *VALIDATION_REPORTED)), "threshold")
 

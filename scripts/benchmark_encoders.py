@@ -16,9 +16,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.encoders import build_encoder  # noqa: E402
+from custom.evaluation.timing import best_seconds, run_record  # noqa: E402
 from custom.io import write_json  # noqa: E402
-from custom.timing import best_seconds, run_record  # noqa: E402
+from custom.medsam.encoders import build_encoder  # noqa: E402
 
 
 def _encoder(variant: str, vit_b_checkpoint: str | None) -> torch.nn.Module:

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.timing import best_seconds, run_record  # noqa: E402
+from custom.evaluation.timing import best_seconds, run_record  # noqa: E402
 
 
 def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path, repeats: int) -> list[dict]:
-    from custom.export import OnnxModule, export_onnx
-    from custom.trained_model import load_bundle
+    from custom.models.export import OnnxModule, export_onnx
+    from custom.models.trained_model import load_bundle
 
     trained = load_bundle(".", config, ckpt_path, "cpu")
     net, preprocessing, parser = trained.network, trained.preprocessing, trained.config
@@ -38,8 +38,13 @@ def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path, repeats:
 
 
 def _encoder(images: list[str], workdir: Path, repeats: int) -> list[dict]:
-    from custom.encoders import AutocastEncoder, OnnxEncoder, build_encoder, encoder_preprocess
-    from custom.transforms import LoadCXR
+    from custom.data.transforms import LoadCXR
+    from custom.medsam.encoders import (
+        AutocastEncoder,
+        OnnxEncoder,
+        build_encoder,
+        encoder_preprocess,
+    )
 
     eager = build_encoder("lite")
     load = LoadCXR()

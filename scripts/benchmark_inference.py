@@ -28,11 +28,11 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
          results_file: str | None = None) -> None:
     """Times the first `limit` files of `images`; lung_mode: overrides the config's (crop | mask | none);
     results_file: JSON path written atomically with what is printed."""
-    from custom.benchmark import parse_list
     from custom.data import inference_items
+    from custom.evaluation.benchmark import parse_list
+    from custom.evaluation.timing import best_seconds, run_record
     from custom.io import write_json
-    from custom.timing import best_seconds, run_record
-    from custom.trained_model import load_bundle
+    from custom.models.trained_model import load_bundle
 
     overrides = {} if lung_mode is None else {"lung_mode": lung_mode}
     trained = load_bundle(".", config, ckpt_path, device=None, **overrides)  # device: the config's

@@ -20,8 +20,17 @@ from pathlib import Path
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.benchmark import (RULE, REPORTED, VALIDATION_REPORTED, markdown_table, mean_std, parse_list,  # noqa: E402
-                              pick_on_validation, train_and_evaluate, validation_first_report)
+from custom.evaluation.benchmark import (  # noqa: E402
+    REPORTED,
+    RULE,
+    VALIDATION_REPORTED,
+    markdown_table,
+    mean_std,
+    parse_list,
+    pick_on_validation,
+    train_and_evaluate,
+    validation_first_report,
+)
 from custom.io import write_json  # noqa: E402
 
 FROZEN = ["configs/train.json", "configs/train_medsam_frozen.json"]

@@ -2,7 +2,7 @@
 (`scripts/benchmark_cnn.py` runs: `<option_dir>/seed<N>/eval_validation/validation_predictions.csv` and
 `<option_dir>/seed<N>/eval/test_predictions.csv`, all seeds on one shared validation split).
 
-Each threshold rule (`custom.metrics.THRESHOLD_METHODS`) is fitted on validation; rules are compared by their
+Each threshold rule (`custom.evaluation.metrics.THRESHOLD_METHODS`) is fitted on validation; rules are compared by their
 cross-fitted validation accuracy (patient-grouped folds: fitted on the other folds, scored on the held-out one) and
 the ensemble (mean probability of the seeds) is compared with the single models on validation ROC-AUC. Test metrics
 at each validation-fitted threshold are reported after, with their spread across seeds.
@@ -12,7 +12,6 @@ at each validation-fitted threshold are reported after, with their spread across
 """
 
 import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -21,10 +20,15 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.benchmark import parse_list, spread  # noqa: E402
 from custom.data.datalists import kermany_patient_id  # noqa: E402
+from custom.evaluation.benchmark import parse_list, spread  # noqa: E402
+from custom.evaluation.metrics import (  # noqa: E402
+    THRESHOLD_METHODS,
+    binary_metrics,
+    cross_fitted_accuracy,
+    select_threshold,
+)
 from custom.io import write_json  # noqa: E402
-from custom.metrics import THRESHOLD_METHODS, binary_metrics, cross_fitted_accuracy, select_threshold  # noqa: E402
 
 TEST_FIELDS = ("accuracy", "sensitivity", "specificity", "roc_auc", "threshold")
 

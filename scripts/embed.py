@@ -20,8 +20,8 @@ import fire  # noqa: E402
 import torch  # noqa: E402
 
 from custom.data.datalists import SPLITS, load_datalist  # noqa: E402
-from custom.embedding_cache import EmbeddingCache, Preprocessing  # noqa: E402
-from custom.encoders import build_encoder  # noqa: E402
+from custom.medsam.embedding_cache import EmbeddingCache, Preprocessing  # noqa: E402
+from custom.medsam.encoders import build_encoder  # noqa: E402
 
 
 def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite", checkpoint: str | None = None,
@@ -33,7 +33,7 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     variant: "lite" (packaged LiteMedSAM) or "vit_b" (needs --checkpoint medsam_vit_b.pth). device: default cuda
     when available. keep_aspect: default the encoder's MedSAM pipeline (lite: pad, vit_b: plain resize).
     backend: "torch", "onnxruntime" (CPU, exact: shares cache entries with torch) or "onnxruntime-int8" (CPU,
-    approximate: own cache entries); see custom.encoders.build_encoder. streams: concurrent ONNX Runtime sessions
+    approximate: own cache entries); see custom.medsam.encoders.build_encoder. streams: concurrent ONNX Runtime sessions
     sharing the threads (onnxruntime backends; 2 on a 2-core CPU is faster than 1, same embeddings).
     """
     names = splits.split(",") if isinstance(splits, str) else list(splits)

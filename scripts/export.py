@@ -1,6 +1,6 @@
 """Export the bundle network (`network_def` of the inference config + checkpoint weights) or a MedSAM encoder to
 ONNX, check it against eager PyTorch in ONNX Runtime and print one JSON line (path, max abs difference); or export
-the bundle network to TorchScript `models/model.ts` that records the sha256 of its checkpoint (`custom.export.
+the bundle network to TorchScript `models/model.ts` that records the sha256 of its checkpoint (`custom.models.export.
 export_torchscript`; TorchScript is used instead of `models/model.pt` only while that hash matches).
 
     python scripts/export.py torchscript                              # models/model.pt -> models/model.ts
@@ -18,7 +18,12 @@ import fire
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from custom.export import OnnxModule, export_onnx, export_torchscript, torchscript_source  # noqa: E402
+from custom.models.export import (  # noqa: E402
+    OnnxModule,
+    export_onnx,
+    export_torchscript,
+    torchscript_source,
+)
 
 
 def _check(model: torch.nn.Module, onnx: OnnxModule, input_shape, batch: int) -> float:
@@ -37,7 +42,7 @@ def network(config_file="configs/inference.json", ckpt_path: str = "models/model
     when the config sets ``head_only_checkpoint``) -> `filepath`. ``--nodynamic_batch``: batch fixed to 1 (needed
     for MedSAMClassifier, whose TinyViT graph bakes the batch size in). Other ``--id value`` pairs override the
     config."""
-    from custom.trained_model import load_bundle
+    from custom.models.trained_model import load_bundle
 
     trained = load_bundle(".", config_file, ckpt_path, "cpu", **override)
     net, parser = trained.network, trained.config
@@ -51,9 +56,9 @@ def network(config_file="configs/inference.json", ckpt_path: str = "models/model
 
 def encoder(variant: str = "lite", checkpoint: str | None = None, filepath: str | None = None,
             int8: bool = False) -> None:
-    """A MedSAM encoder (`custom.encoders.OnnxEncoder`, batch 1) -> `filepath` (default: the ONNX cache beside the
+    """A MedSAM encoder (`custom.medsam.encoders.OnnxEncoder`, batch 1) -> `filepath` (default: the ONNX cache beside the
     encoder's weights fingerprint, where ``build_encoder(..., backend="onnxruntime")`` looks)."""
-    from custom.encoders import OnnxEncoder, build_encoder
+    from custom.medsam.encoders import OnnxEncoder, build_encoder
 
     eager = build_encoder(variant, checkpoint)
     fast = OnnxEncoder(eager, filepath, int8=int8)

@@ -68,8 +68,8 @@ def main(url: str = "http://127.0.0.1:8000", model: str = "cxr_pneumonia_classif
     requests_per_phase: uploads in the sequential and in the concurrent phase; corrupt: bad uploads;
     device: free text naming the server's machine (recorded as `server`; `device` describes this client's machine);
     results_file: JSON path written atomically with what is printed; output: older name of results_file."""
+    from custom.evaluation.timing import run_record
     from custom.io import write_json
-    from custom.timing import run_record
 
     files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:

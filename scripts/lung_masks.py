@@ -22,9 +22,10 @@ from monai.transforms import Resize, ScaleIntensity  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from custom.data.checks import inference_items  # noqa: E402
+from custom.data.transforms import LoadCXR  # noqa: E402
+from custom.evaluation.plots import plot_mask_overlays  # noqa: E402
 from custom.io import atomic_path  # noqa: E402
-from custom.lung_segmentation import load_lung_unet, mask_to_png_array, plot_mask_overlays, segment_lungs  # noqa: E402
-from custom.transforms import LoadCXR  # noqa: E402
+from custom.lung.segmentation import load_lung_unet, mask_to_png_array, segment_lungs  # noqa: E402
 
 DISPLAY_SIZE = 256
 

@@ -21,11 +21,15 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from custom.evaluation.metrics import (  # noqa: E402
+    binary_metrics,
+    bootstrap_intervals,
+    paired_bootstrap,
+)
+from custom.evaluation.report_html import build_report  # noqa: E402
+from custom.evaluation.timing import run_record  # noqa: E402
 from custom.io import write_json  # noqa: E402
-from custom.metrics import binary_metrics, bootstrap_intervals, paired_bootstrap  # noqa: E402
-from custom.report_html import build_report  # noqa: E402
-from custom.timing import run_record  # noqa: E402
-from custom.trained_model import load_checkpoint  # noqa: E402
+from custom.models.trained_model import load_checkpoint  # noqa: E402
 
 
 def _labelled(predictions: str, positive: str) -> pd.DataFrame:
@@ -56,7 +60,9 @@ def bootstrap(predictions: str, threshold: float, other: str | None = None, othe
     """Prints (and writes to `output`) bootstrap intervals of accuracy, sensitivity, specificity and ROC-AUC of a
     predictions CSV at `threshold`, resampling patients (Kermany file-name ids, else one image per id); with `other`
     (a predictions CSV of the same files) the paired comparison other - predictions at `other_threshold`."""
-    from custom.data.datalists import kermany_patient_id  # imports torch + MONAI (~10 s): only for this command
+    from custom.data.datalists import (
+        kermany_patient_id,  # imports torch + MONAI (~10 s): only for this command
+    )
 
     table = _labelled(predictions, positive)
     labels = (table["true_label"] == positive).to_numpy()

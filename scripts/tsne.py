@@ -22,11 +22,16 @@ import fire  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from custom.data.datalists import SPLITS, build_covid_radiography, build_kermany, load_datalist  # noqa: E402
-from custom.embedding_cache import EmbeddingCache  # noqa: E402
-from custom.encoders import build_encoder  # noqa: E402
-from custom.trained_model import load_bundle  # noqa: E402
-from custom.tsne import cached_embeddings, penultimate_features, tsne_plot  # noqa: E402
+from custom.data.datalists import (  # noqa: E402
+    SPLITS,
+    build_covid_radiography,
+    build_kermany,
+    load_datalist,
+)
+from custom.evaluation.tsne import cached_embeddings, penultimate_features, tsne_plot  # noqa: E402
+from custom.medsam.embedding_cache import EmbeddingCache  # noqa: E402
+from custom.medsam.encoders import build_encoder  # noqa: E402
+from custom.models.trained_model import load_bundle  # noqa: E402
 
 SOURCES = ("medsam", "checkpoint")
 

@@ -1,5 +1,5 @@
 """The measurement scripts the docs cite write `--results_file`: date, command, device and versions (from
-`custom.timing.run_record`) and every number they print, as rows. Each runs on a handful of real images with the
+`custom.evaluation.timing.run_record`) and every number they print, as rows. Each runs on a handful of real images with the
 smallest batches and repeats; the numbers themselves are not checked, only that they are there and plausible."""
 
 import datetime
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from custom.timing import cpu_model, run_record
+from custom.evaluation.timing import cpu_model, run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -68,7 +68,7 @@ def test_training_writes_checkpoint_threshold_metrics_and_plots(trained):
 
 def test_checkpoint_carries_provenance_and_report_prints_it(trained):
     from custom.data.datalists import build_kermany
-    from custom.provenance import datalist_hash
+    from custom.models.provenance import datalist_hash
 
     record = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)["provenance"]
     assert record["seed"] == 0 and record["split_seed"] == 0 and record["bundle"]["version"]
@@ -207,7 +207,7 @@ def test_unknown_label_folder_is_reported(tmp_path):
 
 def test_three_class_training_small_cnn(tmp_path):
     """normal / bacterial / viral from the Kermany file names, with the from-scratch CNN."""
-    small_cnn = "{'_target_': 'custom.networks.SmallCNN', 'in_channels': '@in_channels', 'num_classes': '@num_classes'}"
+    small_cnn = "{'_target_': 'custom.models.networks.SmallCNN', 'in_channels': '@in_channels', 'num_classes': '@num_classes'}"
     result = train(tmp_path, "--label_scheme", "three_class", "--network_def", small_cnn, "--make_plots", "False",
                    "--optimizer#_target_", "torch.optim.NAdam", "--progress_bar", "True")
     optimizer_state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=False)["optimizer"]["state"]
@@ -287,7 +287,7 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path):
 
 def test_medsam_finetune_trains_encoder_and_head(tmp_path):
     """Mode 2: LiteMedSAM (real weights) and the head trained together, encoder at the lower learning rate."""
-    from custom.encoders import build_encoder
+    from custom.medsam.encoders import build_encoder
 
     tiny_datalist(tmp_path / "datalist.json", train_per_class=2, val_per_class=1)
     bundle("run", "training", "--config_file", "['configs/train.json','configs/train_medsam_finetune.json']",
@@ -303,14 +303,14 @@ def test_medsam_finetune_trains_encoder_and_head(tmp_path):
 
 
 def test_benchmark_lists_parse_what_fire_passes():
-    from custom.benchmark import parse_list
+    from custom.evaluation.benchmark import parse_list
 
     assert parse_list(0, int) == [0] and parse_list((0, 1), int) == [0, 1] and parse_list("0,2", int) == [0, 2]
     assert parse_list("resnet18") == ["resnet18"] and parse_list(("a", "b")) == ["a", "b"]
 
 
 def test_benchmark_picks_on_validation_only():
-    from custom.benchmark import pick_on_validation
+    from custom.evaluation.benchmark import pick_on_validation
 
     stats = lambda auc, acc: {"roc_auc": {"mean": auc}, "accuracy": {"mean": acc}}  # noqa: E731
     assert pick_on_validation({"a": stats(0.95, 0.9), "b": stats(0.97, 0.8)}) == "b"

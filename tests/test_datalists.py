@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from custom.data import datalists as dl
-from custom.transforms import LoadCXR
+from custom.data.transforms import LoadCXR
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

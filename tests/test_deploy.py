@@ -14,11 +14,18 @@ import pytest
 import torch
 from monai.bundle import ckpt_export
 
-from bundle.deploy.predict import REQUIRED_IDS, BundlePredictor, bundle_parser, in_memory_preprocessing, load_network, predict
+from bundle.deploy.predict import (
+    REQUIRED_IDS,
+    BundlePredictor,
+    bundle_parser,
+    in_memory_preprocessing,
+    load_network,
+    predict,
+)
 from bundle.deploy.result import BASIC_TEXT_SR, read_operating_point
-from custom.export import export_torchscript, torchscript_source
+from custom.data.transforms import LoadCXR, LoadCXRd
 from custom.io import file_sha256
-from custom.transforms import LoadCXR, LoadCXRd
+from custom.models.export import export_torchscript, torchscript_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -71,7 +78,7 @@ def test_network_from_torchscript_equals_network_def_plus_checkpoint(parser, tmp
     assert read_operating_point(ts_bundle).state_dict() == {"threshold": 0.5, "method": "default", "positive_index": 1}
     # plain ckpt_export records no source checkpoint: beside a model.pt, that model.ts cannot be trusted
     shutil.copy(ROOT / "models" / "model.pt", ts_bundle / "models" / "model.pt")
-    with caplog.at_level(logging.WARNING, logger="custom.export"):
+    with caplog.at_level(logging.WARNING, logger="custom.models.export"):
         network = load_network(ts_bundle, bundle_parser(ts_bundle), device)
     assert not isinstance(network, torch.jit.ScriptModule)
     assert f"{ts_bundle / 'models' / 'model.ts'} has no source-checkpoint record" in caplog.text
@@ -95,7 +102,7 @@ def test_torchscript_is_used_only_while_it_matches_model_pt(tmp_path, caplog):
     name = next(k for k, v in checkpoint["model"].items() if v.is_floating_point())
     checkpoint["model"][name] += 1.0  # retrained weights: new model.pt bytes, model.ts left as it was
     torch.save(checkpoint, pt)
-    with caplog.at_level(logging.WARNING, logger="custom.export"):
+    with caplog.at_level(logging.WARNING, logger="custom.models.export"):
         network = load_network(bundle, bundle_parser(bundle), device)
     assert not isinstance(network, torch.jit.ScriptModule)
     torch.testing.assert_close(network.state_dict()[name], checkpoint["model"][name])

@@ -16,10 +16,15 @@ import torch.nn.functional as F
 from monai.engines import SupervisedTrainer
 from torch.utils.data import DataLoader
 
-from custom.domain import DANNClassifier, GradientReversal, dann_lambda, target_datalist
-from custom.embedding_cache import PrepareEmbeddingBatch
-from custom.engines import DANNTrainer
-from custom.losses import SupConLoss
+from custom.adaptation.domain import (
+    DANNClassifier,
+    GradientReversal,
+    dann_lambda,
+    target_datalist,
+)
+from custom.adaptation.engines import DANNTrainer
+from custom.adaptation.losses import SupConLoss
+from custom.medsam.embedding_cache import PrepareEmbeddingBatch
 from tests.test_bundle import ROOT, SAMPLE, SHARED, bundle, tiny_datalist
 
 ADULT = SHARED / "adult_cxr"
@@ -233,7 +238,7 @@ def test_bundle_dann_with_augmentation_trains_live_encoder_stages_on_augmented_i
     with trainable_stages=1 the encoder's neck adapts under the gradient reversal, earlier stages stay fixed."""
     from monai.bundle import ConfigParser
 
-    from custom.encoders import build_encoder
+    from custom.medsam.encoders import build_encoder
 
     configs = "['configs/train.json','configs/train_medsam_frozen.json','configs/train_dann.json','configs/train_dann_augment.json']"
     args = ("--config_file", configs, "--datalist_file", str(dann / "datalist.json"),

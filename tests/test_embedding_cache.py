@@ -1,4 +1,4 @@
-"""Tests for custom.embedding_cache with the real LiteMedSAM encoder on real radiographs.
+"""Tests for custom.medsam.embedding_cache with the real LiteMedSAM encoder on real radiographs.
 
 Only 4 images go through the encoder in this file: 3 when the module's cache is filled, 1 when an interrupted write
 is recovered. Every other test works on copies of that cache or only looks entries up.
@@ -17,10 +17,15 @@ from monai.engines import SupervisedTrainer
 from monai.handlers import from_engine
 from torch import nn
 
-from custom.embedding_cache import (EmbeddingCache, Preprocessing, PrepareEmbeddingBatch, _tensor_sha256,
-                                    cached_embedding_datalist)
-from custom.encoders import build_encoder
-from custom.heads import EmbeddingClassifier
+from custom.medsam.embedding_cache import (
+    EmbeddingCache,
+    PrepareEmbeddingBatch,
+    Preprocessing,
+    _tensor_sha256,
+    cached_embedding_datalist,
+)
+from custom.medsam.encoders import build_encoder
+from custom.medsam.heads import EmbeddingClassifier
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIRES = SHARED / "pediatric_cxr_hires512" / "train"

@@ -1,4 +1,4 @@
-"""Tests for custom.encoders and custom.heads: the real LiteMedSAM weights on real radiographs (2 images), MedSAM
+"""Tests for custom.medsam.encoders and custom.medsam.heads: the real LiteMedSAM weights on real radiographs (2 images), MedSAM
 ViT-B loading from a SAM-format state dict (1 image at 1024 px), MedSAM preprocessing, pooling and heads."""
 
 import shutil
@@ -11,11 +11,25 @@ import torch.nn.functional as F
 from segment_anything import sam_model_registry
 from torch import nn
 
-from custom.encoders import (EncoderPreprocessd, LiteMedSAMEncoder, MedSAMViTBEncoder, build_encoder,
-                             encoder_preprocess, file_sha256, weights_fingerprint)
-from custom.heads import (AttentionPool, AvgMaxPool, AvgPool, EmbeddingClassifier, MedSAMClassifier, MLPHead,
-                          build_pooling)
-from custom.transforms import LoadCXR
+from custom.data.transforms import LoadCXR
+from custom.medsam.encoders import (
+    EncoderPreprocessd,
+    LiteMedSAMEncoder,
+    MedSAMViTBEncoder,
+    build_encoder,
+    encoder_preprocess,
+    file_sha256,
+    weights_fingerprint,
+)
+from custom.medsam.heads import (
+    AttentionPool,
+    AvgMaxPool,
+    AvgPool,
+    EmbeddingClassifier,
+    MedSAMClassifier,
+    MLPHead,
+    build_pooling,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIRES = SHARED / "pediatric_cxr_hires512" / "train"

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser
 
-from custom.embedding_cache import EmbeddingCache
-from custom.encoders import build_encoder, encoder_preprocess
-from custom.export import OnnxModule, export_onnx
-from custom.transforms import LoadCXR
+from custom.data.transforms import LoadCXR
+from custom.medsam.embedding_cache import EmbeddingCache
+from custom.medsam.encoders import build_encoder, encoder_preprocess
+from custom.models.export import OnnxModule, export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -1,7 +1,7 @@
 import torch
 
-from custom.inferers import AffineTTAInferer
-from custom.transforms import LoadCXR
+from custom.data.transforms import LoadCXR
+from custom.models.inferers import AffineTTAInferer
 from tests.test_bundle import SAMPLE
 
 

@@ -15,9 +15,9 @@ from monai.metrics import compute_dice
 from monai.transforms import Resize, ScaleIntensity, SpatialCrop
 from PIL import Image
 
-from custom.lung_segmentation import load_lung_unet, segment_lungs, split_lung_pairs
-from custom.transforms import LoadCXR
-from custom.transforms_lung import LungPreprocessd, dilate, lung_bbox
+from custom.data.transforms import LoadCXR
+from custom.lung.segmentation import load_lung_unet, segment_lungs, split_lung_pairs
+from custom.lung.transforms import LungPreprocessd, dilate, lung_bbox
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

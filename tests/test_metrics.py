@@ -1,4 +1,4 @@
-"""Tests for custom.metrics against hand-computed confusion counts and scikit-learn / torch references, and the
+"""Tests for custom.evaluation.metrics against hand-computed confusion counts and scikit-learn / torch references, and the
 bootstrap intervals on the real Kermany test labels (with `scripts/report.py bootstrap`)."""
 
 import json
@@ -15,8 +15,15 @@ import torch
 from sklearn import metrics as skm
 
 from custom.data.datalists import kermany_patient_id
-from custom.metrics import (BOOTSTRAP_METRICS, binary_metrics, bootstrap_intervals, classification_metrics,
-                            multiclass_metrics, paired_bootstrap, select_threshold)
+from custom.evaluation.metrics import (
+    BOOTSTRAP_METRICS,
+    binary_metrics,
+    bootstrap_intervals,
+    classification_metrics,
+    multiclass_metrics,
+    paired_bootstrap,
+    select_threshold,
+)
 
 # 4 negatives, 6 positives. At threshold 0.5: TN = 3 (0.1, 0.4, 0.2), FP = 1 (0.6), FN = 2 (0.3, 0.45), TP = 4.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -304,7 +311,7 @@ def test_paired_bootstrap_self_and_better_model(kermany_test):
 
 
 def write_predictions(path, files, labels, scores):
-    """A predictions CSV as custom/handlers/report.py writes it."""
+    """A predictions CSV as custom/evaluation/report.py writes it."""
     names = np.array(["NORMAL", "PNEUMONIA"])
     pd.DataFrame({"file": [str(f) for f in files], "prob_NORMAL": 1 - scores, "prob_PNEUMONIA": scores,
                   "predicted_label": names[(scores >= 0.5).astype(int)], "true_label": names[labels]}

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from custom.data.datalists import write_datalist
-from custom.networks import TorchvisionClassifier
+from custom.models.networks import TorchvisionClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

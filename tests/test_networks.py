@@ -1,4 +1,4 @@
-"""Tests for custom.networks: shapes and gradients, local pretrained weights, layer freezing.
+"""Tests for custom.models.networks: shapes and gradients, local pretrained weights, layer freezing.
 
 Never downloads weights: every "pretrained" file is a seeded random torchvision state dict saved to tmp_path.
 """
@@ -11,7 +11,8 @@ import torchvision
 from monai.networks.nets import DenseNet121
 from torch import nn
 
-from custom.networks import (
+from custom.data.transforms import LoadCXR
+from custom.models.networks import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     SmallCNN,
@@ -19,7 +20,6 @@ from custom.networks import (
     freeze_all_but_last,
     load_torchvision_weights,
 )
-from custom.transforms import LoadCXR
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 KERMANY_TRAIN = SHARED / "pediatric_cxr" / "train"

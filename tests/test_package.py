@@ -43,7 +43,7 @@ def test_archive_unpacks_loads_and_predicts(tmp_path):
         names = zf.namelist()
         assert {n.split("/")[0] for n in names} == {name}
         for required in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md",
-                         "LICENSE", "large_files.yml", "custom/__init__.py", "custom/transforms.py"):
+                         "LICENSE", "large_files.yml", "custom/__init__.py", "custom/data/transforms.py"):
             assert f"{name}/{required}" in names, required
         assert not [n for n in names if "__pycache__" in n]
         zf.extractall(tmp_path / "zoo")

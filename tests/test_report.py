@@ -72,7 +72,7 @@ def test_evaluation_writes_self_contained_report(run):
 
 
 def test_calibration_bins_match_direct_computation(run):
-    from custom.metrics import calibration_bins
+    from custom.evaluation.metrics import calibration_bins
 
     table = pd.read_csv(run / "eval" / "test_predictions.csv")
     labels = (table["true_label"] == "PNEUMONIA").to_numpy(float)
@@ -150,7 +150,7 @@ def test_html_command_and_threshold_command(run, tmp_path, monkeypatch, capsys):
 
 
 def test_report_includes_galleries_and_names_bad_input(run, tmp_path):
-    from custom.report_html import build_report
+    from custom.evaluation.report_html import build_report
 
     eval_dir = tmp_path / "eval"
     shutil.copytree(run / "eval", eval_dir, ignore=shutil.ignore_patterns("mlruns*", "report.html"))

@@ -18,15 +18,15 @@ from PIL import Image
 
 from bundle.deploy.predict import bundle_parser
 from custom.data.datalists import build_covid_radiography, kermany_items, write_datalist
-from custom.embedding_cache import EmbeddingCache
-from custom.encoders import build_encoder, encoder_preprocess
-from custom.handlers import SaliencyHandler
-from custom.heads import MedSAMClassifier
-from custom.networks import SmallCNN, TorchvisionClassifier
-from custom.saliency import Saliency, default_target_layer
-from custom.trained_model import OperatingPoint
-from custom.transforms import LoadCXR
-from custom.tsne import cached_embeddings, tsne_2d
+from custom.data.transforms import LoadCXR
+from custom.evaluation import SaliencyHandler
+from custom.evaluation.saliency import Saliency, default_target_layer
+from custom.evaluation.tsne import cached_embeddings, tsne_2d
+from custom.medsam.embedding_cache import EmbeddingCache
+from custom.medsam.encoders import build_encoder, encoder_preprocess
+from custom.medsam.heads import MedSAMClassifier
+from custom.models.networks import SmallCNN, TorchvisionClassifier
+from custom.models.trained_model import OperatingPoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

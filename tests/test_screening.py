@@ -13,8 +13,8 @@ from monai.bundle import ConfigParser, run
 from sklearn import metrics as skm
 
 from custom.data.datalists import kermany_items, write_datalist
-from custom.metrics import multiclass_metrics
-from custom.screening import FINAL_CLASSES, TwoStageScreening, combine
+from custom.evaluation.metrics import multiclass_metrics
+from custom.evaluation.screening import FINAL_CLASSES, TwoStageScreening, combine
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

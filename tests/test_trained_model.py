@@ -1,4 +1,4 @@
-"""`custom.trained_model`, the one prediction contract: checkpoints written by the training handler load back through
+"""`custom.models.trained_model`, the one prediction contract: checkpoints written by the training handler load back through
 `load_bundle`, its decisions are the inference config's on real images, mismatched or bad checkpoints are named, and
 no other module reads a classifier checkpoint or re-codes the decision rule."""
 
@@ -17,9 +17,16 @@ from ignite.engine import Engine
 from monai.bundle import run
 from monai.handlers import CheckpointSaver
 
-from custom.heads import EmbeddingClassifier
-from custom.networks import TorchvisionClassifier
-from custom.trained_model import OperatingPoint, bundle_info, is_positive, load_bundle, load_checkpoint, load_weights
+from custom.medsam.heads import EmbeddingClassifier
+from custom.models.networks import TorchvisionClassifier
+from custom.models.trained_model import (
+    OperatingPoint,
+    bundle_info,
+    is_positive,
+    load_bundle,
+    load_checkpoint,
+    load_weights,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST = ROOT.parent / "shared" / "data" / "pediatric_cxr" / "test"
@@ -147,9 +154,9 @@ def test_bad_checkpoints_are_named(tmp_path):
 
 
 # modules that read their own files with torch.load (the allowed policy, weights_only=True), not classifier checkpoints
-OWN_FILES = {"custom/trained_model.py": "the one checkpoint reader", "custom/embedding_cache.py": "embedding entries",
-             "custom/encoders.py": "MedSAM encoder weights", "custom/networks.py": "torchvision pretrained weights",
-             "custom/lung_segmentation.py": "the lung UNet"}
+OWN_FILES = {"custom/models/trained_model.py": "the one checkpoint reader", "custom/medsam/embedding_cache.py": "embedding entries",
+             "custom/medsam/encoders.py": "MedSAM encoder weights", "custom/models/networks.py": "torchvision pretrained weights",
+             "custom/lung/segmentation.py": "the lung UNet"}
 
 
 def _threshold_comparisons(tree: ast.AST) -> list[str]:
@@ -173,7 +180,7 @@ def test_no_module_reads_checkpoints_or_recodes_the_decision_rule_on_its_own():
                 policy = {k.arg: ast.unparse(k.value) for k in node.keywords}.get("weights_only")
                 if name not in OWN_FILES or policy != "True":
                     problems.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
-        if name != "custom/trained_model.py":
+        if name != "custom/models/trained_model.py":
             problems += [f"{name}: {text}" for text in _threshold_comparisons(tree)]
-    assert not problems, ("use custom.trained_model (load_checkpoint / load_weights / load_bundle, "
+    assert not problems, ("use custom.models.trained_model (load_checkpoint / load_weights / load_bundle, "
                           "OperatingPoint.decide / is_positive):\n" + "\n".join(problems))

@@ -1,4 +1,4 @@
-"""Tests for custom.transforms on the real shared data (DICOM, JPEG) and copies derived from it."""
+"""Tests for custom.data.transforms on the real shared data (DICOM, JPEG) and copies derived from it."""
 
 import shutil
 from pathlib import Path
@@ -12,7 +12,14 @@ from monai.data import MetaTensor
 from PIL import Image
 from pydicom.pixels import apply_modality_lut
 
-from custom.transforms import CXRDicomReader, LoadCXR, LoadCXRd, UnreadableImageError, dicom_to_array, to_single_channel
+from custom.data.transforms import (
+    CXRDicomReader,
+    LoadCXR,
+    LoadCXRd,
+    UnreadableImageError,
+    dicom_to_array,
+    to_single_channel,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DICOM_DIR = SHARED / "dicom_cxr"

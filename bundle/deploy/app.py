@@ -23,7 +23,16 @@ if str(ROOT) not in sys.path:
 
 try:
     from holoscan.conditions import CountCondition
-    from monai.deploy.core import AppContext, Application, Fragment, Image, IOType, Model, Operator, OperatorSpec
+    from monai.deploy.core import (
+        AppContext,
+        Application,
+        Fragment,
+        Image,
+        IOType,
+        Model,
+        Operator,
+        OperatorSpec,
+    )
     from monai.deploy.core.domain import DICOMSeries
     from monai.deploy.operators import (
         BundleConfigNames,
@@ -44,9 +53,9 @@ import numpy as np  # noqa: E402
 
 from bundle.deploy.predict import bundle_parser, load_network  # noqa: E402
 from bundle.deploy.result import classify, read_operating_point, result_text  # noqa: E402
+from custom.data.transforms import LoadCXRd, dicom_to_array  # noqa: E402
 from custom.io import write_json  # noqa: E402
-from custom.trained_model import bundle_info  # noqa: E402
-from custom.transforms import LoadCXRd, dicom_to_array  # noqa: E402
+from custom.models.trained_model import bundle_info  # noqa: E402
 
 RADIOGRAPH_RULES = """{
     "selections": [{"name": "CXR", "conditions": {"Modality": "(?i)(CR|DX|DR)"}}]
@@ -54,7 +63,7 @@ RADIOGRAPH_RULES = """{
 
 
 class CXRSeriesToImageOperator(Operator):
-    """Selected series -> `Image` (1, W, H) float32 of its first instance, in `custom.transforms` orientation.
+    """Selected series -> `Image` (1, W, H) float32 of its first instance, in `custom.data.transforms` orientation.
 
     Named input: "study_selected_series_list"; named output: "image".
     """

@@ -2,7 +2,7 @@
 contract `MonaiBundleInferenceOperator` relies on: `configs/inference.json` ids `preprocessing` (run here without its
 loader, on the in-memory image), `inferer`, `postprocessing`, `network_def`, `device`, `bundle_root`, and the weights
 as `models/model.ts` (TorchScript, used only while it was exported from the current `models/model.pt`, see
-`custom.export.bundle_weights`) or `network_def` + `models/model.pt` (`{"model", "operating_point"}`).
+`custom.models.export.bundle_weights`) or `network_def` + `models/model.pt` (`{"model", "operating_point"}`).
 
     python bundle/deploy/predict.py --input ../shared/data/dicom_cxr/RG1_UNCI.dcm --output_dir out/
 """
@@ -24,15 +24,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `custom` and `bundle.deploy` when run as a plain script
 
 from bundle.deploy.result import classify, read_operating_point, write_outputs  # noqa: E402
-from custom.export import bundle_weights  # noqa: E402
-from custom.trained_model import bundle_config, bundle_info, configured_network  # noqa: E402
-from custom.transforms import DICOM_SUFFIXES, LoadCXR, LoadCXRd  # noqa: E402
+from custom.data.transforms import DICOM_SUFFIXES, LoadCXR, LoadCXRd  # noqa: E402
+from custom.models.export import bundle_weights  # noqa: E402
+from custom.models.trained_model import bundle_config, bundle_info, configured_network  # noqa: E402
 
 REQUIRED_IDS = ("bundle_root", "device", "preprocessing", "inferer", "postprocessing", "network_def")
 
 
 def bundle_parser(bundle_root: str | os.PathLike = ROOT, config_name: str = "inference") -> ConfigParser:
-    """`configs/metadata.json` + `configs/<config_name>.json` of a bundle (`custom.trained_model.bundle_config`),
+    """`configs/metadata.json` + `configs/<config_name>.json` of a bundle (`custom.models.trained_model.bundle_config`),
     checked for the ids the deploy operator reads."""
     config_file = Path("configs") / f"{config_name}.json"
     parser = bundle_config(bundle_root, config_file)
@@ -50,7 +50,7 @@ def in_memory_preprocessing(parser: ConfigParser) -> Compose:
 
 def load_network(bundle_root: str | os.PathLike, parser: ConfigParser, device: torch.device) -> torch.nn.Module:
     """The file `bundle_weights` picks: `models/model.ts` while it matches `models/model.pt`, else `network_def`
-    with the "model" weights of `models/model.pt` (`custom.trained_model.configured_network`); eval mode."""
+    with the "model" weights of `models/model.pt` (`custom.models.trained_model.configured_network`); eval mode."""
     path = bundle_weights(Path(bundle_root) / "models")
     if path.suffix == ".ts":
         return torch.jit.load(str(path), map_location=device).eval()

@@ -15,7 +15,11 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from custom.io import atomic_path, write_json
-from custom.trained_model import DEFAULT_CHECKPOINT, OperatingPoint, load_checkpoint
+from custom.models.trained_model import (
+    DEFAULT_CHECKPOINT,
+    OperatingPoint,
+    load_checkpoint,
+)
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 DISCLAIMER = "Research use only. Not a medical device; not for clinical diagnosis."

@@ -8,7 +8,7 @@ and `models/model.pt` (`{"model": state_dict, "operating_point": {...}}`). Three
 - an unreadable upload (`UnreadableImageError` from `LoadCXRd`: corrupt, truncated, text, empty) is answered with
   HTTP 422 and the reader's message, instead of the 500 MONAI Label returns for any exception; every other error is
   the server's own and stays a 500 (the server logs its traceback);
-- the JSON answer adds the label decided at the checkpoint's operating point (`custom.trained_model`), so it matches
+- the JSON answer adds the label decided at the checkpoint's operating point (`custom.models.trained_model`), so it matches
   the bundle's own `inference.json` prediction (`predictions.csv`).
 """
 
@@ -22,8 +22,8 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 
-from custom.trained_model import OperatingPoint, bundle_info, load_checkpoint
-from custom.transforms import UnreadableImageError
+from custom.data.transforms import UnreadableImageError
+from custom.models.trained_model import OperatingPoint, bundle_info, load_checkpoint
 
 
 def model_name(bundle_root: str) -> str:

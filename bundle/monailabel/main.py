@@ -13,10 +13,9 @@ import logging
 import os
 from pathlib import Path
 
+from cxr_infer import CXRClassificationInfer, model_name
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
-
-from cxr_infer import CXRClassificationInfer, model_name
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from custom.data.transforms import LoadCXR
 from custom.io import atomic_path
-from custom.transforms import LoadCXR
 
 logger = logging.getLogger(__name__)
 

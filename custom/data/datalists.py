@@ -3,7 +3,7 @@
 An item is ``{"image": abs path, "label": int, "class_name": str, "patient_id": str, "domain": str}``;
 a datalist is ``{"training": [...], "validation": [...], "test": [...], "class_names": [...]}``; the builders that
 scan folders add ``"skipped_files"``: the number of files left out because their suffix is not in
-``custom.transforms.IMAGE_SUFFIXES`` (each such folder is named in one warning). All splits are patient-aware: no
+``custom.data.transforms.IMAGE_SUFFIXES`` (each such folder is named in one warning). All splits are patient-aware: no
 ``patient_id`` appears in two splits of one datalist.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from custom.data.transforms import IMAGE_SUFFIXES
 from custom.io import write_json
-from custom.transforms import IMAGE_SUFFIXES
 
 LABEL_SCHEMES = {"binary": ["NORMAL", "PNEUMONIA"], "three_class": ["NORMAL", "BACTERIAL", "VIRAL"]}
 SPLITS = ("training", "validation", "test")

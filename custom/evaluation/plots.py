@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,9 +17,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
+from custom.evaluation.metrics import calibration_bins  # noqa: E402
 from custom.io import atomic_path  # noqa: E402
-from custom.metrics import calibration_bins  # noqa: E402
-from custom.trained_model import is_positive  # noqa: E402
+from custom.models.trained_model import is_positive  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
@@ -211,3 +215,17 @@ def dataset_overview(datalist: dict, class_names: Sequence[str], output_dir: str
         written.append(os.path.join(output_dir, "augmented.png"))
         plot_image_grid(images, titles, written[-1], ncols=6, suptitle="Training augmentation")
     return written
+
+
+def plot_mask_overlays(images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], titles: Sequence[str],
+                       path: str | os.PathLike, columns: int = 4) -> None:
+    """PNG grid: each (1, W, H) image in grey with its (1, W, H) lung mask contour in red."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, mask, title in zip(axes.ravel(), images, masks, titles):
+        ax.imshow(as_display(image), cmap="gray")
+        ax.contour(as_display(mask.float()), levels=[0.5], colors="red", linewidths=1.0)
+        ax.set_title(title[:28], fontsize=7)
+    save_figure(fig, path)

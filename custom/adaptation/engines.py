@@ -10,13 +10,13 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from custom.domain import dann_lambda
-from custom.losses import SupConLoss
+from custom.adaptation.domain import dann_lambda
+from custom.adaptation.losses import SupConLoss
 
 
 class DANNTrainer(SupervisedTrainer):
     """`SupervisedTrainer` whose iteration also draws an unlabelled target batch and trains a
-    `custom.domain.DANNClassifier` (``forward_features``, ``label_head``, ``domain_logits``, ``grl``, ``projection``).
+    `custom.adaptation.domain.DANNClassifier` (``forward_features``, ``label_head``, ``domain_logits``, ``grl``, ``projection``).
 
     Per iteration, with source inputs (B_s, ...) and labels (B_s,) from ``prepare_batch`` and target inputs
     (B_t, ...) = ``target_batch[target_key]`` (labels, if any, are never read):

@@ -180,13 +180,13 @@ class OnnxEncoder(_MedSAMImageEncoder):
             `onnx_path` unless that file exists.
         onnx_path: None = ``onnx_cache_dir() / "<variant>-<weights sha256[:16]>.onnx"`` (int8: ``-int8.onnx``).
         threads: ONNX Runtime intra-op threads in all (None = ``torch.get_num_threads()``).
-        streams: concurrent ONNX Runtime sessions sharing `threads` (`custom.export.OnnxModule`); exact either way.
+        streams: concurrent ONNX Runtime sessions sharing `threads` (`custom.models.export.OnnxModule`); exact either way.
     """
 
     def __init__(self, encoder: _MedSAMImageEncoder, onnx_path: str | os.PathLike | None = None, int8: bool = False,
                  threads: int | None = None, streams: int = 1):
         super().__init__()
-        from custom.export import OnnxModule, export_onnx, quantize_int8
+        from custom.models.export import OnnxModule, export_onnx, quantize_int8
 
         self.variant = f"{encoder.variant}+ort-int8" if int8 else encoder.variant
         self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
@@ -234,7 +234,7 @@ def weights_fingerprint(encoder: nn.Module) -> str:
 
 
 def encoder_preprocess(image, size: int, keep_aspect: bool = False) -> torch.Tensor:
-    """(1, W, H) grey image in any range (as `custom.transforms.LoadCXR` gives) -> (3, size, size) float32 in [0, 1].
+    """(1, W, H) grey image in any range (as `custom.data.transforms.LoadCXR` gives) -> (3, size, size) float32 in [0, 1].
 
     Plain: resized to size x size. keep_aspect: the longest side resized to `size` (other side rounded), then zero
     padded at the end of each axis (bottom/right of the radiograph, as MedSAM pads). Resizing is bilinear with

@@ -15,10 +15,14 @@ import torch
 from monai.data import DataLoader, Dataset
 
 from custom.data.datalists import LABEL_SCHEMES
+from custom.evaluation.metrics import (
+    binary_metrics,
+    multiclass_metrics,
+    select_threshold,
+)
+from custom.evaluation.plots import plot_confusion_matrix, plot_roc_pr
 from custom.io import atomic_path, write_json
-from custom.metrics import binary_metrics, multiclass_metrics, select_threshold
-from custom.plots import plot_confusion_matrix, plot_roc_pr
-from custom.trained_model import OperatingPoint, is_positive, load_weights
+from custom.models.trained_model import OperatingPoint, is_positive, load_weights
 
 logger = logging.getLogger(__name__)
 

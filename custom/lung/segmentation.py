@@ -1,6 +1,6 @@
 """Lung segmentation of chest radiographs: paired datalist, the UNet, inference with postprocessing, overlay plots.
 
-Images are (1, W, H) tensors in [0, 1] in MONAI's PIL axis convention (see `custom.transforms`); masks are (1, W, H)
+Images are (1, W, H) tensors in [0, 1] in MONAI's PIL axis convention (see `custom.data.transforms`); masks are (1, W, H)
 bool tensors, True = lung. The network sees the image resized to `SEG_SIZE` (128 x 128 px, aspect ratio not kept;
 chosen so that training fits in ~15 min on 2 CPU cores).
 """
@@ -121,24 +121,6 @@ def segment_lungs(image: torch.Tensor, net: torch.nn.Module) -> torch.Tensor:
     probs = torch.softmax(net(x), dim=1)[:, 1:]
     probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
     return postprocess_mask((probs[0] > 0.5).cpu())
-
-
-def plot_mask_overlays(images: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], titles: Sequence[str],
-                       path: str | os.PathLike, columns: int = 4) -> None:
-    """PNG grid: each (1, W, H) image in grey with its (1, W, H) lung mask contour in red."""
-    import matplotlib.pyplot as plt
-
-    from custom.plots import as_display, save_figure
-
-    rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, image, mask, title in zip(axes.ravel(), images, masks, titles):
-        ax.imshow(as_display(image), cmap="gray")
-        ax.contour(as_display(mask.float()), levels=[0.5], colors="red", linewidths=1.0)
-        ax.set_title(title[:28], fontsize=7)
-    save_figure(fig, path)
 
 
 def mask_to_png_array(mask: torch.Tensor) -> np.ndarray:

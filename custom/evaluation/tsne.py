@@ -16,8 +16,8 @@ import torch  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from torch import nn  # noqa: E402
 
-from custom.embedding_cache import EmbeddingCache  # noqa: E402
-from custom.plots import save_figure  # noqa: E402
+from custom.evaluation.plots import save_figure  # noqa: E402
+from custom.medsam.embedding_cache import EmbeddingCache  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 from monai.bundle import ConfigParser
 
 from custom.io import write_json
-from custom.provenance import code_version, config_hash, datalist_hash
+from custom.models.provenance import code_version, config_hash, datalist_hash
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from custom.encoders import EMBED_DIM
+from custom.medsam.encoders import EMBED_DIM
 
 POOLED_MAP_SIZE = 8  # the cache stores (256, 8, 8) maps; MedSAMClassifier pools its (256, 64, 64) map to the same
 
@@ -116,7 +116,7 @@ class MedSAMClassifier(nn.Module):
     (B, 3, S, S) images in [0, 1], S = ``encoder.input_size`` -> (B, num_classes) logits.
 
     Args:
-        encoder: e.g. ``custom.encoders.build_encoder("lite")``.
+        encoder: e.g. ``custom.medsam.encoders.build_encoder("lite")``.
         pooling, head, num_classes: as in `EmbeddingClassifier` (``self.classifier``, so a head trained on the
             embedding cache loads with ``model.classifier.load_state_dict(...)``).
         freeze_encoder: True keeps the encoder in eval mode (BatchNorm statistics fixed, also under ``.train()``),

@@ -7,8 +7,8 @@
 - the bundle around it: `bundle_info` (``configs/metadata.json``) and `load_bundle` (network, weights, operating
   point, class names, preprocessing).
 
-torch and MONAI are imported where they are used, so that the decision rule loads without them (`custom.metrics`,
-`custom.plots`, `scripts/report.py`).
+torch and MONAI are imported where they are used, so that the decision rule loads without them (`custom.evaluation.metrics`,
+`custom.evaluation.plots`, `scripts/report.py`).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class TrainedModel:
     operating_point: the checkpoint's (`OperatingPoint.from_checkpoint`); decide on softmax probabilities with it.
     class_names: the C names from ``configs/metadata.json``.
     preprocessing: the config's ``preprocessing``: {"image": file path} -> {"image": (C_in, H, W) tensor, ...}.
-    provenance: how the checkpoint was trained (`custom.provenance`); None when not recorded.
+    provenance: how the checkpoint was trained (`custom.models.provenance`); None when not recorded.
     config: the parsed configs, for other ids (``inferer``, ``image_size``...).
     """
 

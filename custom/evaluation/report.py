@@ -1,5 +1,5 @@
 """Per-run classification report: predictions CSV, metrics JSON, confusion-matrix and ROC plots; on validation it
-picks the decision threshold (`custom.trained_model.OperatingPoint`) that is saved with the checkpoint."""
+picks the decision threshold (`custom.models.trained_model.OperatingPoint`) that is saved with the checkpoint."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from custom.evaluation.metrics import (
+    bootstrap_intervals,
+    classification_metrics,
+    select_threshold,
+)
+from custom.evaluation.plots import plot_confusion_matrix, plot_roc_pr
 from custom.io import atomic_path, write_json
-from custom.metrics import bootstrap_intervals, classification_metrics, select_threshold
-from custom.plots import plot_confusion_matrix, plot_roc_pr
-from custom.trained_model import OperatingPoint
-from custom.transforms_lung import STATUS_KEY
+from custom.lung.transforms import STATUS_KEY
+from custom.models.trained_model import OperatingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ logger = logging.getLogger(__name__)
 class ClassificationReport:
     """Collects an evaluator's per-image outputs and, at the end of each evaluation run, writes
     `{prefix}_predictions.csv` (file, probability per class, predicted label[, true label][, what the lung step
-    did: `custom.transforms_lung.STATUS_KEY`]) and `{prefix}_metrics.json` (the count, lung fallbacks and, where
+    did: `custom.lung.transforms.STATUS_KEY`]) and `{prefix}_metrics.json` (the count, lung fallbacks and, where
     labels exist, the metrics) plus PNG plots, and puts the scalar metrics in `engine.state.metrics` as
     `{prefix}_{name}` (so StatsHandler, TensorBoard, early stopping and checkpointing can use them).
 
@@ -38,7 +42,7 @@ class ClassificationReport:
         class_names: C names, index order.
         prefix: file and metric prefix, e.g. "val" or "test".
         operating_point: binary tasks decide with its threshold; None -> 0.5 (argmax for C > 2).
-        select_threshold: if set (a `custom.metrics.THRESHOLD_METHODS` rule), choose the threshold on this run's
+        select_threshold: if set (a `custom.evaluation.metrics.THRESHOLD_METHODS` rule), choose the threshold on this run's
             data and store it in `operating_point` first (use on validation only, never on test).
         target_sensitivity: for select_threshold="sensitivity".
         plots: write the PNG plots.

@@ -8,7 +8,7 @@ from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
-from custom.trained_model import is_positive
+from custom.models.trained_model import is_positive
 
 BOOTSTRAP_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 _BOOTSTRAP_CHUNK = 256  # replicates resampled at once: memory stays at a few (chunk, N) float arrays

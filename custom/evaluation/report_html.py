@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from custom.evaluation.plots import plot_calibration, plot_precision_recall
 from custom.io import write_text
-from custom.plots import plot_calibration, plot_precision_recall
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from custom.provenance import Provenance
-from custom.trained_model import load_checkpoint
+from custom.models.provenance import Provenance
+from custom.models.trained_model import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Resize, SpatialCrop
 from monai.transforms.utils import generate_spatial_bounding_box
 
-from custom.lung_segmentation import load_lung_unet, segment_lungs
+from custom.lung.segmentation import load_lung_unet, segment_lungs
 
 MODES = ("crop", "mask", "none")
 STATUS_KEY = "lung_preprocessing"  # what the transform did to an item: "applied", "fallback" (implausible mask) or "none"

@@ -4,7 +4,7 @@ A checkpoint's ``provenance`` (`Provenance.state_dict()`) records the bundle nam
 command line, the merged config with its command-line overrides and its hash, ``seed`` and ``split_seed``, the
 datalist hash and split sizes, start / save / resume times, torch / MONAI / Python versions and the device.
 ``config_hash`` + ``datalist_hash`` identify a run: resuming refuses a checkpoint whose pair differs
-(`custom.handlers.prepare_checkpoint_dir`), and the benchmark scripts rerun a stored run whose key differs.
+(`custom.training.prepare_checkpoint_dir`), and the benchmark scripts rerun a stored run whose key differs.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Maps are (B, 1, W, H) in [0, 1] (per image min-max scaled, 1 = most salient), in the input's spatial axes (MONAI's
 PIL convention, like the images). The feature layer is picked per architecture (`default_target_layer`) and can be
-overridden by name (``net.named_modules()``). `custom.heads.MedSAMClassifier` gets Grad-CAM on the encoder's
+overridden by name (``net.named_modules()``). `custom.medsam.heads.MedSAMClassifier` gets Grad-CAM on the encoder's
 (B, 256, 64, 64) embedding: the frozen encoder runs without autograd and only the pooling + head are differentiated.
 """
 
@@ -23,10 +23,10 @@ from monai.utils import convert_to_tensor  # noqa: E402
 from monai.visualize import CAM, GradCAM  # noqa: E402
 from torch import nn  # noqa: E402
 
-from custom.encoders import minmax01  # noqa: E402
-from custom.heads import MedSAMClassifier  # noqa: E402
-from custom.networks import SmallCNN, TorchvisionClassifier  # noqa: E402
-from custom.plots import as_display, save_figure  # noqa: E402
+from custom.evaluation.plots import as_display, save_figure  # noqa: E402
+from custom.medsam.encoders import minmax01  # noqa: E402
+from custom.medsam.heads import MedSAMClassifier  # noqa: E402
+from custom.models.networks import SmallCNN, TorchvisionClassifier  # noqa: E402
 
 METHODS = ("gradcam", "cam")
 
@@ -88,7 +88,7 @@ class Saliency:
     """Saliency of a classifier: ``Saliency(model)(images, class_idx)`` -> (B, 1, W, H) maps in [0, 1].
 
     Args:
-        model: a network from `custom.networks`, MONAI DenseNet121 or `custom.heads.MedSAMClassifier`; the hooks
+        model: a network from `custom.models.networks`, MONAI DenseNet121 or `custom.medsam.heads.MedSAMClassifier`; the hooks
             stay registered on it (they keep a reference to the latest feature map, nothing else).
         method: "gradcam" (any of them) or "cam" (ResNet, SmallCNN, DenseNet: pool + linear head).
         target_layers: module name of the feature map; None = `default_target_layer`.

@@ -3,7 +3,7 @@
 Stored per image: the (256, 64, 64) image embedding adaptive-average-pooled to (256, 8, 8), float16 (32 KiB of
 data, about 35 KB per file; the full map would be 2 MiB). Trade-off: average pooling is exact (the mean of the 8x8
 grid is the mean of the 64x64 map); max and attention pooling see 64 means of 8x8 patches instead of 4096 positions,
-so they lose fine localisation; float16 keeps about 3 significant digits. `custom.heads.MedSAMClassifier`
+so they lose fine localisation; float16 keeps about 3 significant digits. `custom.medsam.heads.MedSAMClassifier`
 (map_size=8) pools the same way, so a head trained on the cache runs unchanged on images.
 
 Layout: ``cache_dir/<key[:2]>/<key>.pt``, one ``torch.save`` file per image holding ``{"key", "embedding",
@@ -32,10 +32,10 @@ from monai.engines.utils import PrepareBatch
 from torch import nn
 from tqdm import tqdm
 
-from custom.encoders import EMBED_DIM, encoder_preprocess, weights_fingerprint
-from custom.heads import POOLED_MAP_SIZE
+from custom.data.transforms import LoadCXR
 from custom.io import atomic_path, file_sha256
-from custom.transforms import LoadCXR
+from custom.medsam.encoders import EMBED_DIM, encoder_preprocess, weights_fingerprint
+from custom.medsam.heads import POOLED_MAP_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class EmbeddingCache:
 
     Args:
         cache_dir: folder of the cache (created on the first write); several encoders/preprocessings can share it.
-        encoder: a `custom.encoders` encoder (or any module with ``input_size``, ``variant``, ``keep_aspect`` and
+        encoder: a `custom.medsam.encoders` encoder (or any module with ``input_size``, ``variant``, ``keep_aspect`` and
             ``weights_sha256``), (B, 3, S, S) -> (B, 256, 64, 64). Moved to `device` and eval mode when computing.
         variant: encoder name in the key; None = ``encoder.variant``.
         preprocess_desc: `Preprocessing` or a mapping of its fields; None = ``encoder.input_size`` and

@@ -11,8 +11,14 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-from custom.saliency import Saliency, as_numpy, plot_saliency_gallery, plot_saliency_overlay, saliency_title
-from custom.trained_model import OperatingPoint
+from custom.evaluation.saliency import (
+    Saliency,
+    as_numpy,
+    plot_saliency_gallery,
+    plot_saliency_overlay,
+    saliency_title,
+)
+from custom.models.trained_model import OperatingPoint
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +43,7 @@ class SaliencyHandler:
         output_dir: where ``saliency/`` and the gallery go.
         class_names: C names, index order.
         operating_point: the checkpoint's `OperatingPoint` (loaded by a CheckpointLoader before the run); None = 0.5.
-        method, target_layers, fc_layers: as in `custom.saliency.Saliency`.
+        method, target_layers, fc_layers: as in `custom.evaluation.saliency.Saliency`.
         per_outcome: gallery tiles per row.
         filename_key: batch key holding the source file (a loaded MetaTensor or the path itself).
     """

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
+from custom.evaluation.plots import plot_training_curves
 from custom.io import atomic_path, write_json
-from custom.plots import plot_training_curves
 
 
 class TrainingHistory:

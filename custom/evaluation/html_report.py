@@ -1,10 +1,10 @@
-"""Writes the run's self-contained `report.html` (see `custom.report_html`) when an evaluation run completes."""
+"""Writes the run's self-contained `report.html` (see `custom.evaluation.report_html`) when an evaluation run completes."""
 
 from __future__ import annotations
 
 from ignite.engine import Engine, Events
 
-from custom.report_html import build_report
+from custom.evaluation.report_html import build_report
 
 
 class HTMLReport:

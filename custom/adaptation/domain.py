@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from custom.adaptation.losses import ProjectionHead
 from custom.data.checks import require_readable
 from custom.data.datalists import build_covid_radiography
-from custom.encoders import EMBED_DIM
-from custom.heads import POOLED_MAP_SIZE, MLPHead, build_pooling
-from custom.losses import ProjectionHead
+from custom.medsam.encoders import EMBED_DIM
+from custom.medsam.heads import POOLED_MAP_SIZE, MLPHead, build_pooling
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -52,10 +52,10 @@ def dann_lambda(progress: float, gamma: float = 10.0) -> float:
 class DANNClassifier(nn.Module):
     """Classifier on (B, 256, h, w) feature maps (the cache's float16 (B, 256, 8, 8) is fine) with a domain head.
 
-    ``features``: trainable extractor, 1x1 conv 256 -> 256 + GELU, `custom.heads.build_pooling`, Linear to
+    ``features``: trainable extractor, 1x1 conv 256 -> 256 + GELU, `custom.medsam.heads.build_pooling`, Linear to
     ``feature_dim`` + GELU: (B, 256, h, w) -> (B, feature_dim). ``label_head``: `MLPHead` -> (B, num_classes) logits.
     ``grl`` + ``domain_head``: gradient reversal, then MLP -> (B, 2) domain logits (source 0, target 1).
-    ``projection``: `ProjectionHead` -> (B, projection_dim) for `custom.losses.SupConLoss`.
+    ``projection``: `ProjectionHead` -> (B, projection_dim) for `custom.adaptation.losses.SupConLoss`.
 
     ``forward`` returns label logits only, so evaluators, inference and MONAI tools use it like any classifier.
     """
@@ -85,7 +85,7 @@ class DANNClassifier(nn.Module):
 
 
 def encoder_stages(encoder: nn.Module) -> list[nn.Module]:
-    """The stages of a `custom.encoders` MedSAM encoder in forward order: TinyViT ``layers`` (4) or ViT ``blocks``
+    """The stages of a `custom.medsam.encoders` MedSAM encoder in forward order: TinyViT ``layers`` (4) or ViT ``blocks``
     (12), then the ``neck``."""
     net = encoder.net
     stages = getattr(net, "layers", None) or getattr(net, "blocks", None)
@@ -102,7 +102,7 @@ class MedSAMDANNClassifier(DANNClassifier):
     augmented images (`configs/train_dann_augment.json`), which the embedding cache cannot serve.
 
     Args:
-        encoder: e.g. ``custom.encoders.build_encoder("lite")``.
+        encoder: e.g. ``custom.medsam.encoders.build_encoder("lite")``.
         trainable_stages: how many of the encoder's last stages (`encoder_stages`, the neck counting as one) train
             with the adapter, under the gradient reversal; 0 = frozen encoder (eval mode, no autograd graph).
         map_size: grid the 64x64 map is average-pooled to (8 = the cache's, so weights carry over).

@@ -1,0 +1,1 @@
+"""Domain adaptation and contrastive learning on MedSAM features (DANN, SupCon)."""

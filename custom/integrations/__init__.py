@@ -1,0 +1,2 @@
+"""Integrations with outside services (experiment tracking)."""
+from .mlflow_artifacts import MLflowArtifacts

@@ -1,0 +1,1 @@
+"""Lung segmentation (UNet) and the lung crop / mask preprocessing transform."""

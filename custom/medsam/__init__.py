@@ -1,0 +1,1 @@
+"""MedSAM / LiteMedSAM encoders, classification heads on their embeddings and the embedding cache."""

@@ -1,0 +1,1 @@
+"""The CNN core: networks, the trained-model contract, provenance, export and inferers."""
