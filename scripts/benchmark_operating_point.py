@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import fire
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,15 +27,10 @@ from custom.evaluation.metrics import (  # noqa: E402
     cross_fitted_accuracy,
     select_threshold,
 )
+from custom.evaluation.operating_point import mean_of_members, read_predictions  # noqa: E402
 from custom.io import write_json  # noqa: E402
 
 TEST_FIELDS = ("accuracy", "sensitivity", "specificity", "roc_auc", "threshold")
-
-
-def _predictions(path: Path, positive: str) -> pd.DataFrame:
-    table = pd.read_csv(path)
-    return pd.DataFrame({"file": table["file"], "label": (table["true_label"] == positive).astype(int),
-                         "score": table[f"prob_{positive}"]}).sort_values("file", ignore_index=True)
 
 
 def _study(validation: pd.DataFrame, test: pd.DataFrame, target_sensitivity: float) -> dict:
@@ -56,18 +50,12 @@ def _study(validation: pd.DataFrame, test: pd.DataFrame, target_sensitivity: flo
 def main(option_dir: str, seeds="0,1,2", positive: str = "PNEUMONIA", target_sensitivity: float = 0.95,
          results_file: str | None = None) -> None:
     seeds = parse_list(seeds, int)
-    members = {}
-    for seed in seeds:
-        run = Path(option_dir, f"seed{seed}")
-        members[f"seed{seed}"] = (_predictions(run / "eval_validation" / "validation_predictions.csv", positive),
-                                  _predictions(run / "eval" / "test_predictions.csv", positive))
-    first_val, first_test = next(iter(members.values()))
-    for name, (validation, test) in members.items():
-        if not (validation["file"].equals(first_val["file"]) and test["file"].equals(first_test["file"])):
-            raise ValueError(f"{option_dir}/{name}: other validation or test images than seed{seeds[0]}: the seeds "
-                             "must share one split_seed to be compared or ensembled")
-    ensemble = tuple(frame.assign(score=np.mean([m[i]["score"] for m in members.values()], axis=0))
-                     for i, frame in enumerate((first_val, first_test)))
+    runs = {f"seed{seed}": Path(option_dir, f"seed{seed}") for seed in seeds}
+    files = {split: [run / folder / f"{split}_predictions.csv" for run in runs.values()]
+             for split, folder in (("validation", "eval_validation"), ("test", "eval"))}
+    members = {name: (read_predictions(files["validation"][i], positive), read_predictions(files["test"][i], positive))
+               for i, name in enumerate(runs)}
+    ensemble = (mean_of_members(files["validation"], positive), mean_of_members(files["test"], positive))
     studies = {name: _study(v, t, target_sensitivity) for name, (v, t) in {**members, "ensemble": ensemble}.items()}
     singles = [studies[f"seed{s}"] for s in seeds]
     rules = {rule: {"validation_cross_fitted_accuracy": spread([s["rules"][rule]["validation_cross_fitted_accuracy"]

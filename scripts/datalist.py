@@ -14,7 +14,8 @@ if REPO_ROOT not in sys.path:
 
 import fire  # noqa: E402
 
-from custom.data import datalists  # noqa: E402
+from custom.data import datalists, domains  # noqa: E402
+from custom.io import write_json  # noqa: E402
 
 
 def _write(datalist: dict, output: str, base_dir: str | None) -> None:
@@ -42,6 +43,26 @@ def covid(root: str, output: str, base_dir: str | None = None, scheme: str = "bi
     _write(datalist, output, base_dir)
 
 
+def adult(root: str, pediatric_root: str, output: str, report: str, base_dir: str | None = None,
+          val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+          max_bits: int = domains.NEAR_DUPLICATE_BITS) -> None:
+    """Adult split of the shared adult_cxr copy (OTHER_COVID = PNEUMONIA): byte-identical files dropped, near-duplicates
+    (perceptual hash within max_bits) grouped into one part, adult copies of pediatric images dropped; --report gets
+    what was found and this command."""
+    datalist, found = domains.build_adult_split(root, pediatric_root, val_fraction, test_fraction, seed, max_bits)
+    write_json({"command": " ".join(["python scripts/datalist.py", *sys.argv[1:]]), **found}, report)
+    _write(datalist, output, base_dir)
+
+
+def combine(*inputs: str, output: str, base_dir: str | None = None,
+            required: tuple = domains.KNOWN_DOMAINS) -> None:
+    """Merge datalist JSONs (e.g. kermany + adult) into one; stops with an error naming the output if a part lacks
+    a required domain, a domain has one class only, or a domain name is unknown. base_dir: for inputs and output."""
+    combined = domains.combine_datalists([datalists.load_datalist(path, base_dir) for path in inputs])
+    domains.check_domains(combined, output, required)
+    _write(combined, output, base_dir)
+
+
 def csv(csv_path: str, output: str, base_dir: str | None = None, image_dir: str | None = None,
         class_names: list | None = None, val_fraction: float = 0.15, test_fraction: float = 0.0,
         seed: int = 0) -> None:
@@ -50,4 +71,4 @@ def csv(csv_path: str, output: str, base_dir: str | None = None, image_dir: str 
 
 
 if __name__ == "__main__":
-    fire.Fire({"kermany": kermany, "rsna": rsna, "covid": covid, "csv": csv})
+    fire.Fire({"kermany": kermany, "rsna": rsna, "covid": covid, "adult": adult, "combine": combine, "csv": csv})

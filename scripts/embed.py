@@ -1,4 +1,5 @@
-"""Precompute the frozen MedSAM encoder embedding cache for a datalist and print hits / misses / failures per split.
+"""Precompute the frozen MedSAM encoder embedding cache for a datalist and print hits / misses / failures per split;
+the images that could not be embedded are listed in `bad_files.csv` (file, stage, reason) and skipped.
 
 Example (from the repo root):
     python scripts/embed.py --datalist datalists/kermany.json --cache_dir runs/embeddings --variant lite
@@ -19,6 +20,7 @@ if REPO_ROOT not in sys.path:
 import fire  # noqa: E402
 import torch  # noqa: E402
 
+from custom.data.checks import write_bad_files  # noqa: E402
 from custom.data.datalists import SPLITS, load_datalist  # noqa: E402
 from custom.medsam.embedding_cache import EmbeddingCache, Preprocessing  # noqa: E402
 from custom.medsam.encoders import build_encoder  # noqa: E402
@@ -27,7 +29,7 @@ from custom.medsam.encoders import build_encoder  # noqa: E402
 def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite", checkpoint: str | None = None,
          device: str | None = None, splits="training,validation,test", base_dir: str | None = None,
          keep_aspect: bool | None = None, batch_size: int = 8, progress: bool = True, backend: str = "torch",
-         streams: int = 1) -> None:
+         streams: int = 1, bad_files: str | None = None) -> None:
     """Fill `cache_dir` for the items of `splits` (comma-separated) of the datalist JSON `datalist`.
 
     variant: "lite" (packaged LiteMedSAM) or "vit_b" (needs --checkpoint medsam_vit_b.pth). device: default cuda
@@ -35,6 +37,8 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     backend: "torch", "onnxruntime" (CPU, exact: shares cache entries with torch) or "onnxruntime-int8" (CPU,
     approximate: own cache entries); see custom.medsam.encoders.build_encoder. streams: concurrent ONNX Runtime sessions
     sharing the threads (onnxruntime backends; 2 on a 2-core CPU is faster than 1, same embeddings).
+    bad_files: CSV of the images that failed (default `<cache_dir>/bad_files.csv`); RuntimeError if no image could be
+    embedded.
     """
     names = splits.split(",") if isinstance(splits, str) else list(splits)
     unknown = [s for s in names if s not in SPLITS]
@@ -47,14 +51,22 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     device = device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")
     summary = {"cache_dir": str(Path(cache_dir).resolve()), "variant": encoder.variant,
                "weights_sha256": cache.fingerprint, "preprocessing": asdict(cache.preprocessing), "splits": {}}
+    bad, total = [], 0
     for name in names:
         items = data.get(name) or []
         hits, misses = cache.hits, cache.misses
         cache.get_or_compute([item["image"] for item in items], batch_size, device, progress)
         summary["splits"][name] = {"images": len(items), "hits": cache.hits - hits, "misses": cache.misses - misses,
                                    "failed": len(cache.failed), "failures": cache.failed}
+        bad += [(path, stage, reason) for path, (stage, reason) in cache.failed.items()]
+        total += len(items)
+    bad_files = bad_files or str(Path(cache_dir) / "bad_files.csv")
+    write_bad_files(bad_files, bad)
     summary["corrupt_entries_recomputed"] = cache.corrupt
+    summary["bad_files"] = bad_files
     print(json.dumps(summary, indent=2))
+    if total and len(bad) == total:
+        raise RuntimeError(f"none of the {total} image(s) could be embedded; reasons in {bad_files}")
 
 
 if __name__ == "__main__":

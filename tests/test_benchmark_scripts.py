@@ -63,14 +63,16 @@ def test_run_record_reads_the_cpu_model(tmp_path):
 
 def test_benchmark_inference_results_file(tmp_path, monkeypatch, capsys):
     out = run_script("benchmark_inference.py", "--images", TEST_IMAGES, "--limit", 4, "--batch_sizes", "1,2",
-                     "--repeats", 1, "--lung_mode", "crop", "--results_file", tmp_path / "results" / "inference.json",
+                     "--repeats", 1, "--lung_modes", "crop,none", "--results_file", tmp_path / "results" / "inference.json",
                      monkeypatch=monkeypatch, capsys=capsys)
     result = written_and_printed(tmp_path / "results" / "inference.json", out)
     check_record(result, "benchmark_inference.py")
     assert result["device"]["used"] == "cpu"
-    assert result["images"] == 4 and result["input_shape"] == [1, 128, 128] and result["lung_mode"] == "crop"
-    assert [(r["stage"], r["batch"]) for r in result["rows"]] == [
-        ("decode + preprocess", None), ("forward", 1), ("forward", 2)]
+    assert result["images"] == 4 and result["input_shape"] == [1, 128, 128]
+    assert [(r["stage"], r.get("lung_mode"), r.get("path"), r.get("batch")) for r in result["rows"]] == [
+        ("end-to-end", "crop", "per-item", None), ("end-to-end", "crop", "batched", None),
+        ("end-to-end", "none", "per-item", None), ("end-to-end", "none", "batched", None),
+        ("forward", None, None, 1), ("forward", None, None, 2)]
     for row in result["rows"]:
         assert row["images_per_s"] > 0 and row["ms_per_image"] == pytest.approx(1000 / row["images_per_s"], rel=0.1)
 

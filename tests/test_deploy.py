@@ -1,6 +1,7 @@
 """Deployment: the contract `MonaiBundleInferenceOperator` relies on, the SDK-free DICOM -> JSON + SR path on the
 real DICOMs, and (where `monai-deploy-app-sdk` is installed) the MONAI Deploy application itself."""
 
+import csv
 import json
 import logging
 import os
@@ -136,11 +137,37 @@ def test_predict_dicom_writes_json_and_readable_sr(tmp_path):
     assert result["predicted_class"] in items["Impression"]
 
 
-def test_predict_names_the_bad_file(tmp_path):
+def bad_files(out: Path) -> dict[str, tuple[str, str]]:
+    with open(out / "bad_files.csv", newline="") as f:
+        return {Path(r["file"]).name: (r["stage"], r["reason"]) for r in csv.DictReader(f)}
+
+
+def test_predict_folder_skips_bad_dicoms_and_lists_them(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for dicom in DICOMS.glob("*.dcm"):
+        shutil.copy(dicom, folder / dicom.name)
+    no_pixels = pydicom.dcmread(DICOMS / "RG1_UNCI.dcm")
+    del no_pixels.PixelData  # a real header whose image is missing: dcmread passes, decoding fails
+    no_pixels.save_as(folder / "no_pixels.dcm")
+    (folder / "scan.dcm").write_bytes(JPEG.read_bytes())  # a JPEG under a DICOM name
+    results = predict(str(folder), output_dir=str(tmp_path / "out"), device="cpu")
+    assert [Path(r["source"]["file"]).name for r in results] == ["RG1_J2KI.dcm", "RG1_UNCI.dcm"]
+    assert (tmp_path / "out" / "RG1_UNCI" / "result.json").is_file()
+    assert not (tmp_path / "out" / "no_pixels").exists() and not (tmp_path / "out" / "scan").exists()
+    bad = bad_files(tmp_path / "out")
+    assert set(bad) == {"no_pixels.dcm", "scan.dcm"} and {stage for stage, _ in bad.values()} == {"read"}
+    assert "DICOM has no pixel data" in bad["no_pixels.dcm"][1]
+    assert bad["scan.dcm"][1].startswith("not a readable DICOM file")
+
+
+def test_predict_fails_naming_bad_files_when_no_file_could_be_processed(tmp_path):
     bad = tmp_path / "scan.dcm"
-    bad.write_bytes(JPEG.read_bytes())  # a JPEG under a DICOM name
-    with pytest.raises(ValueError, match=r"scan\.dcm: not a readable DICOM file"):
-        predict(str(bad), output_dir=str(tmp_path / "out"), device="cpu")
+    bad.write_bytes(JPEG.read_bytes())
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=f"none of the 1 DICOM file.*reasons in {out / 'bad_files.csv'}"):
+        predict(str(bad), output_dir=str(out), device="cpu")
+    assert list(bad_files(out)) == ["scan.dcm"]
     with pytest.raises(FileNotFoundError, match="no DICOM files"):
         predict(str(SHARED / "lung_masks"), output_dir=str(tmp_path / "out"), device="cpu")
 

@@ -108,9 +108,10 @@ def test_entries_are_the_pooled_encoder_output(filled):
 def test_bad_images_are_reported_and_skipped(filled):
     failed = filled.failed
     assert set(failed) == {str(p) for p in filled.bad.values()}
-    assert "empty file" in failed[str(filled.bad["empty"])]
-    assert "No such file" in failed[str(filled.bad["missing"])]
-    assert "cannot read image" in failed[str(filled.bad["garbage"])]
+    assert {stage for stage, _ in failed.values()} == {"read"}
+    assert "empty file" in failed[str(filled.bad["empty"])][1]
+    assert "No such file" in failed[str(filled.bad["missing"])][1]
+    assert "cannot read image" in failed[str(filled.bad["garbage"])][1]
     assert all(filled.cache.get(p) is not None for p in GOOD)
 
 
@@ -206,3 +207,30 @@ def test_supervised_trainer_learns_from_the_cache(filled, lite):
     with torch.no_grad():
         predicted = network(torch.stack([d["embedding"] for d in data])).argmax(1)
     assert predicted.tolist() == [0, 1, 0]
+
+
+def test_embed_script_lists_bad_files_and_fails_only_when_nothing_was_embedded(filled, tmp_path, capsys):
+    """scripts/embed.py on the module's cache (the good images are hits: no encoding here)."""
+    import csv
+    import importlib.util
+    import json
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "embed.py"
+    spec = importlib.util.spec_from_file_location("embed_script", script)
+    embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embed)
+    cache_dir = copy_cache(filled, tmp_path)
+    items = [{"image": str(p), "label": 0} for p in [NORMAL_1, filled.bad["garbage"], PNEUMONIA]]
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": items}))
+    embed.main(str(tmp_path / "datalist.json"), cache_dir=str(cache_dir), splits="training", progress=False)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["splits"]["training"]["hits"] == 2 and summary["splits"]["training"]["failed"] == 1
+    with open(cache_dir / "bad_files.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["file"], r["stage"]) for r in rows] == [(str(filled.bad["garbage"]), "read")]
+    assert "cannot read image" in rows[0]["reason"]
+
+    (tmp_path / "bad.json").write_text(json.dumps({"training": [items[1]]}))
+    with pytest.raises(RuntimeError, match=f"none of the 1 image.*reasons in {tmp_path / 'bad.csv'}"):
+        embed.main(str(tmp_path / "bad.json"), cache_dir=str(cache_dir), splits="training", progress=False,
+                   bad_files=str(tmp_path / "bad.csv"))

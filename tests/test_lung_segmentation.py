@@ -217,3 +217,87 @@ def test_script_writes_masks_and_overlay_and_skips_bad_files(tmp_path, capsys):
         assert mask.shape == np.asarray(Image.open(path)).shape[:2]
         assert set(np.unique(mask)) == {0, 255} and 0.1 < (mask > 0).mean() < 0.6
     assert (out / "overlay.png").stat().st_size > 5000
+
+
+def test_postprocess_mask_matches_monai_largest_components_and_fill_holes():
+    from monai.transforms import FillHoles, KeepLargestConnectedComponent
+
+    from custom.lung.segmentation import postprocess_mask
+
+    keep, fill = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False, num_components=2), FillHoles([1])
+    rng = np.random.default_rng(0)
+    for density in (0.3, 0.45, 0.6, 0.8):  # many small components and size ties, holes, regions on the border
+        for _ in range(25):
+            mask = torch.from_numpy(rng.random((1, 24, 20)) < density)
+            assert torch.equal(postprocess_mask(mask), fill(keep(mask.to(torch.uint8))).bool()), density
+
+
+@pytest.mark.parametrize("mode", ["crop", "mask"])
+def test_batched_lung_step_equals_the_per_item_transform_on_real_images(mode):
+    """`BatchedLungStep` (one UNet forward per batch) gives each item the mask, image and status of the per-item
+    transform, on real images at the classifier's size, a fallback included."""
+    from monai.data import decollate_batch, list_data_collate
+    from monai.transforms import Compose, Lambdad
+
+    from custom.lung.transforms import STATUS_KEY, BatchedLungStep
+
+    paths = pediatric_images(6)
+    items = [{"image": load_unit(p, size=(128, 128))} for p in paths]
+    areas = [float(LungPreprocessd("image", MODEL, mask_key="lung")(dict(it))["lung"].float().mean()) for it in items]
+    smallest, second = sorted(range(len(areas)), key=areas.__getitem__)[:2]
+    assert areas[smallest] < areas[second]
+    lung = LungPreprocessd("image", MODEL, mode=mode, mask_key="lung", min_area=(areas[smallest] + areas[second]) / 2)
+    step = BatchedLungStep(Compose([Lambdad("image", lambda x: x), lung]))
+    assert step.steps == [lung] and len(step.item_transform.transforms) == 1
+    with pytest.warns(UserWarning, match="implausible lung mask"):
+        expected = [lung(dict(it)) for it in items]
+    batch = list_data_collate([step.item_transform(dict(it)) for it in items])
+    with pytest.warns(UserWarning, match=f"{paths[smallest].name}: implausible lung mask"):
+        image, _ = step(batch)
+    assert image.shape == (12, 1, 128, 128)
+    got = decollate_batch(batch)
+    statuses = ["fallback" if i == smallest else "applied" for i in range(len(items))]
+    assert [g[STATUS_KEY] for g in got] == [e[STATUS_KEY] for e in expected] == statuses
+    for g, e in zip(got, expected):
+        assert torch.equal(g["lung"], e["lung"])
+        torch.testing.assert_close(g["image"].as_tensor(), e["image"].as_tensor(), rtol=0, atol=1e-6)
+        assert g["image"].meta["filename_or_obj"] == e["image"].meta["filename_or_obj"]
+    changed = [not torch.equal(g["image"].as_tensor(), it["image"].as_tensor()) for g, it in zip(got, items)]
+    assert changed == [i != smallest for i in range(len(items))], "applied items change, the fallback does not"
+
+
+def test_batched_lung_step_leaves_a_chain_whose_lung_step_is_not_last_per_item():
+    from monai.transforms import Compose, Lambdad
+
+    from custom.lung.transforms import BatchedLungStep
+
+    chain = Compose([LungPreprocessd("image", MODEL, mode="crop"), Lambdad("image", lambda x: x)])
+    step = BatchedLungStep(chain)
+    assert step.item_transform is chain and step.steps == []
+
+
+def test_bundle_inference_batched_lung_step_predicts_as_the_per_item_chain(tmp_path):
+    """`run` of inference.json with lung_mode crop: the batched lung step (and channels-last classifier) against the
+    per-item chain with the NCHW classifier; same probabilities within 1e-5 and the same per-image lung status."""
+    import pandas as pd
+
+    from bundle.deploy.predict import bundle_parser
+
+    files = pediatric_images(20)
+    per_item = {"dataset#transform": "@preprocessing", "evaluator#prepare_batch": "$monai.engines.default_prepare_batch",
+                "network": "$@network_def.to(@device)"}
+    tables = {}
+    for name, overrides in (("batched", {}), ("per_item", per_item)):
+        parser = bundle_parser(ROOT, "inference")
+        parser.update({"dataset_dir": str(PEDIATRIC / "test"), "output_dir": str(tmp_path / name), "lung_mode": "crop",
+                       "device": "$torch.device('cpu')", "batch_size": 16, "num_workers": 0,
+                       "datalist": [{"image": str(f)} for f in files], **overrides})
+        parser.get_parsed_content("initialize")
+        parser.get_parsed_content("run")
+        tables[name] = pd.read_csv(tmp_path / name / "predictions.csv")
+    batched, reference = tables["batched"], tables["per_item"]
+    assert len(batched) == 40 and list(batched["file"]) == list(reference["file"])
+    assert (batched["lung_preprocessing"] == reference["lung_preprocessing"]).all()
+    assert (batched["lung_preprocessing"] == "applied").all()
+    probs = [c for c in batched.columns if c.startswith("prob")]
+    assert probs and np.abs(batched[probs].to_numpy() - reference[probs].to_numpy()).max() < 1e-5

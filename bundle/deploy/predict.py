@@ -9,6 +9,7 @@ as `models/model.ts` (TorchScript, used only while it was exported from the curr
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -24,9 +25,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `custom` and `bundle.deploy` when run as a plain script
 
 from bundle.deploy.result import classify, read_operating_point, write_outputs  # noqa: E402
+from custom.data.checks import write_bad_files  # noqa: E402
+from custom.data.isolation import StageError, apply_stages, failure_reason  # noqa: E402
 from custom.data.transforms import DICOM_SUFFIXES, LoadCXR, LoadCXRd  # noqa: E402
 from custom.models.export import bundle_weights  # noqa: E402
 from custom.models.trained_model import bundle_config, bundle_info, configured_network  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_IDS = ("bundle_root", "device", "preprocessing", "inferer", "postprocessing", "network_def")
 
@@ -72,10 +77,13 @@ class BundlePredictor:
         self.class_names, self.model_name, self.model_version = info["class_names"], info["name"], info["version"]
         self.operating_point = read_operating_point(self.bundle_root)
 
-    @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        data = self.preprocessing({"image": image})
-        data["pred"] = self.inferer(data["image"][None].to(self.device), self.network)[0]
+        return self.infer(self.preprocessing({"image": image}))
+
+    @torch.no_grad()
+    def infer(self, data: dict) -> torch.Tensor:
+        """Preprocessed {"image": (C, W, H)} -> (C,) class probabilities."""
+        data = {**data, "pred": self.inferer(data["image"][None].to(self.device), self.network)[0]}
         return self.postprocessing(data)["pred"].cpu()
 
 
@@ -91,24 +99,51 @@ def dicom_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
+def predict_file(file: Path, predictor: BundlePredictor, loader: LoadCXR, out: Path) -> dict:
+    """One DICOM file -> its result, written to `out`; raises `StageError` naming the step that failed: "read",
+    a preprocessing transform's class name, "inference" or "write"."""
+    name = str(file)
+    try:
+        source = pydicom.dcmread(file, stop_before_pixels=True)
+    except Exception as err:
+        raise StageError("read", f"not a readable DICOM file: {failure_reason(err, name)}") from err
+    try:
+        image = loader(file)
+    except Exception as err:
+        raise StageError("read", failure_reason(err, name)) from err
+    data = apply_stages(predictor.preprocessing.flatten().transforms, {"image": image}, name)
+    try:
+        result = classify(predictor.infer(data), predictor.class_names, predictor.operating_point)
+    except Exception as err:
+        raise StageError("inference", failure_reason(err, name)) from err
+    result["source"] = {"file": name, "SOPInstanceUID": str(source.get("SOPInstanceUID", "")),
+                        "StudyInstanceUID": str(source.get("StudyInstanceUID", ""))}
+    try:
+        write_outputs(result, source, out, predictor.model_name, predictor.model_version)
+    except Exception as err:
+        raise StageError("write", failure_reason(err, name)) from err
+    return result
+
+
 def predict(input: str, output_dir: str = "output", bundle_root: str = str(ROOT),
             device: str | None = None) -> list[dict]:
     """Classifies each DICOM file (or each one in a folder); writes `<output_dir>/<file stem>/result.json` and
-    `result_sr.dcm` (or straight into `output_dir` for a single file) and returns the results."""
+    `result_sr.dcm` (or straight into `output_dir` for a single file) and returns the results. A file that fails
+    is skipped and listed in `<output_dir>/bad_files.csv` (file, stage, reason); RuntimeError if every file failed."""
     files = dicom_files(input)
     predictor, loader = BundlePredictor(bundle_root, device), LoadCXR()
-    results = []
+    results, bad = [], []
     for file in files:
-        try:
-            source = pydicom.dcmread(file, stop_before_pixels=True)
-        except Exception as err:
-            raise ValueError(f"{file}: not a readable DICOM file: {err}") from err
-        result = classify(predictor(loader(file)), predictor.class_names, predictor.operating_point)
-        result["source"] = {"file": str(file), "SOPInstanceUID": str(source.get("SOPInstanceUID", "")),
-                            "StudyInstanceUID": str(source.get("StudyInstanceUID", ""))}
         out = Path(output_dir) if len(files) == 1 else Path(output_dir) / file.stem
-        write_outputs(result, source, out, predictor.model_name, predictor.model_version)
-        results.append(result)
+        try:
+            results.append(predict_file(file, predictor, loader, out))
+        except StageError as err:
+            logger.warning("skipping %s (%s): %s", file, err.stage, err.reason)
+            bad.append((str(file), err.stage, err.reason))
+    bad_files_csv = Path(output_dir) / "bad_files.csv"
+    write_bad_files(bad_files_csv, bad)
+    if not results:
+        raise RuntimeError(f"none of the {len(files)} DICOM file(s) could be processed; reasons in {bad_files_csv}")
     return results
 
 

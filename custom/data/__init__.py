@@ -1,4 +1,4 @@
-from .checks import inference_items, partition_readable, require_readable
+from .checks import inference_items, partition_readable, require_labels, require_readable, write_bad_files
 from .datalists import (
     build_kermany,
     class_weights,
@@ -6,3 +6,4 @@ from .datalists import (
     resolve_datalist,
     write_datalist,
 )
+from .isolation import IsolatedDataLoader, IsolatedDataset, skip_empty_batch

@@ -90,8 +90,9 @@ def _missing_error(missing: list[str], source: Path, limit: int = 10) -> ValueEr
     return ValueError(f"{source}: {len(missing)} image file(s) missing, e.g. {missing[:limit]}")
 
 
-def _three_way(items: list[dict], class_names: Sequence[str], val_fraction: float, test_fraction: float,
-               seed: int) -> dict:
+def three_way_split(items: list[dict], class_names: Sequence[str], val_fraction: float, test_fraction: float,
+                    seed: int) -> dict:
+    """Seeded, stratified, patient-aware training / validation / test datalist (test carved first)."""
     if val_fraction + test_fraction >= 1:
         raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
     rest, test = patient_split(items, test_fraction, seed)
@@ -172,7 +173,7 @@ def build_kermany(root: str | os.PathLike, val_fraction: float = 0.15, seed: int
     if test_fraction > 0:
         if (root / "test").is_dir():
             raise ValueError(f"{root}: has an official test split; test_fraction={test_fraction} would replace it")
-        return {**_three_way(pool, LABEL_SCHEMES[scheme], val_fraction, test_fraction, seed),
+        return {**three_way_split(pool, LABEL_SCHEMES[scheme], val_fraction, test_fraction, seed),
                 "skipped_files": len(skipped)}
     training, validation = patient_split(pool, val_fraction, seed)
     return {
@@ -200,7 +201,7 @@ def build_rsna(root: str | os.PathLike, labels_csv: str | os.PathLike | None = N
         raise _missing_error(missing, csv_path, limit=5)
     class_names = LABEL_SCHEMES["binary"]
     items = [_item(paths[pid], class_names, class_names[int(t)], pid, domain) for pid, t in targets.items()]
-    return _three_way(items, class_names, val_fraction, test_fraction, seed)
+    return three_way_split(items, class_names, val_fraction, test_fraction, seed)
 
 
 def build_covid_radiography(root: str | os.PathLike, scheme: str = "binary", class_map: dict[str, str] | None = None,
@@ -232,7 +233,7 @@ def build_covid_radiography(root: str | os.PathLike, scheme: str = "binary", cla
         image_dir = folder / "images" if (folder / "images").is_dir() else folder
         items += [_item(p, class_names, class_map[folder.name], _stem(p.name), domain)
                   for p in _image_files(image_dir, skipped)]
-    return {**_three_way(items, class_names, val_fraction, test_fraction, seed), "skipped_files": len(skipped)}
+    return {**three_way_split(items, class_names, val_fraction, test_fraction, seed), "skipped_files": len(skipped)}
 
 
 def build_csv(csv_path: str | os.PathLike, base_dir: str | os.PathLike | None = None,
@@ -273,7 +274,7 @@ def build_csv(csv_path: str | os.PathLike, base_dir: str | os.PathLike | None = 
         for path, label, pid, domain in zip(paths, labels, patient_ids, domains)
     ]
     if "split" not in df:
-        return _three_way(items, class_names, val_fraction, test_fraction, seed)
+        return three_way_split(items, class_names, val_fraction, test_fraction, seed)
     splits = df["split"].str.strip().str.lower()
     bad = sorted(set(splits) - set(CSV_SPLITS))
     if bad:

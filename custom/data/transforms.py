@@ -17,6 +17,7 @@ from monai.data import ImageReader, MetaTensor
 from monai.data.image_reader import ITKReader, NibabelReader, PILReader
 from monai.transforms import LoadImage, MapTransform, Transform
 from monai.utils import ensure_tuple
+from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
@@ -25,7 +26,80 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".nii", ".ni
 
 
 class UnreadableImageError(ValueError):
-    """The file exists but is no usable image: empty, corrupt, truncated, not an image format, NaN, too small."""
+    """The file exists but is no usable image: empty, corrupt, truncated, not an image format, NaN, too small, a
+    decompression bomb, a multi-frame DICOM or a 3-D volume, or it cannot be opened (permissions, not a regular
+    file)."""
+
+
+# Pillow's own limit (it warns above it and refuses only above twice it); images above it are refused here. The
+# largest digital radiographs are about 4300 x 4300 = 18 megapixels.
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+class CXRPILReader(PILReader):
+    """`PILReader` that refuses what it cannot read faithfully, with one clear reason each, and converts the modes
+    whose raw array is not the picture: palette (P/PA: indices -> colours), CMYK/YCbCr/LAB/HSV (-> RGB), 1-bit (-> L).
+    L, I;16, I, F, LA, RGB and RGBA images are returned as `PILReader` returns them.
+
+    Refused: more than `MAX_IMAGE_PIXELS` pixels (a decompression bomb: a small file that decodes to gigabytes),
+    content Pillow cannot identify (HTML or text saved under an image name), truncated or corrupt image data."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(converter=None, **kwargs)
+
+    def read(self, data: Sequence[PathLike] | PathLike | np.ndarray, **kwargs):
+        imgs = [_open_pil(os.fspath(name), **{**self.kwargs, **kwargs}) for name in ensure_tuple(data)]
+        return imgs if len(imgs) > 1 else imgs[0]
+
+
+_PIL_CONVERT = {"P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "1": "L"}
+
+
+def _open_pil(path: str, **kwargs) -> Image.Image:
+    try:
+        img = Image.open(path, **kwargs)
+    except Image.DecompressionBombError as err:
+        raise UnreadableImageError(f"refused as a possible decompression bomb: {err}") from err
+    except Image.UnidentifiedImageError as err:
+        raise UnreadableImageError(f"not a JPEG/PNG image: Pillow cannot identify it "
+                                   f"({_describe_content(path)})") from err
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise UnreadableImageError(f"refused as a possible decompression bomb: {width} x {height} = "
+                                   f"{width * height / 1e6:.0f} megapixels, over the limit of "
+                                   f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
+    try:
+        img.load()
+    except Exception as err:  # OSError, SyntaxError, struct.error, zlib.error, EOFError, ValueError ...
+        img.close()
+        raise UnreadableImageError(f"truncated or corrupt image data ({type(err).__name__}: "
+                                   f"{' '.join(str(err).split())[:200]})") from err
+    mode = img.mode
+    if mode == "P" and "transparency" in img.info:
+        mode = "PA"
+    if mode in _PIL_CONVERT:
+        img = img.convert(_PIL_CONVERT[mode])
+    return img
+
+
+def _describe_content(path: str) -> str:
+    """What the first bytes of a file that is no image look like, for error messages."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        decoded = None
+    if decoded is not None and "\0" not in decoded:
+        shown = " ".join(decoded.split())[:40]
+        kind = "HTML" if decoded.lower().startswith(("<!doctype html", "<html", "<head", "<body")) else "text"
+        return f"its content looks like {kind}: {shown!r}"
+    return f"it starts with bytes {head[:8].hex(' ')}"
 
 
 class CXRDicomReader(ImageReader):
@@ -66,10 +140,12 @@ def _has_dicom_preamble(path: PathLike) -> bool:
 def dicom_to_array(ds: pydicom.Dataset) -> np.ndarray:
     """Presentation pixels of a radiograph DICOM: (rows, columns) float32, higher = more attenuating."""
     if "PixelData" not in ds:
-        raise ValueError("DICOM has no pixel data (PixelData element missing)")
+        raise UnreadableImageError("DICOM has no pixel data (PixelData element missing)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:  # which frame is "the" radiograph is not known: refuse rather than pick one
+        raise UnreadableImageError(f"multi-frame DICOM ({frames} frames of {ds.get('Rows')} x {ds.get('Columns')}): "
+                                   "expected a single-frame radiograph; save the frame to classify as its own file")
     pixels = ds.pixel_array
-    if pixels.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # multi-frame: the first frame is the radiograph
     if pixels.ndim == 3:  # RGB/YBR secondary capture
         pixels = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         return pixels
@@ -84,7 +160,7 @@ def dicom_to_array(ds: pydicom.Dataset) -> np.ndarray:
 
 def cxr_readers() -> list[ImageReader]:
     """Readers for `LoadImage`, lowest priority first: ITK (anything), NIfTI, PIL (JPEG/PNG/BMP), radiograph DICOM."""
-    return [ITKReader(reverse_indexing=True), NibabelReader(), PILReader(), CXRDicomReader()]
+    return [ITKReader(reverse_indexing=True), NibabelReader(), CXRPILReader(), CXRDicomReader()]
 
 
 def to_single_channel(img: torch.Tensor) -> torch.Tensor:
@@ -107,8 +183,10 @@ def to_single_channel(img: torch.Tensor) -> torch.Tensor:
 class LoadCXR(Transform):
     """Path -> (1, W, H) float32 `MetaTensor` from JPEG, PNG, DICOM, NIfTI or any ITK format.
 
-    Errors always name the file: `FileNotFoundError` for a missing file, `UnreadableImageError` for an empty file,
-    a DICOM without pixel data, a corrupt or truncated image.
+    Errors always name the file: `FileNotFoundError` for a missing file, `UnreadableImageError` for a file that cannot
+    be opened (permissions, a directory or FIFO), an empty file, a DICOM without pixel data, a multi-frame DICOM, a 3-D
+    volume, a corrupt or truncated image, a decompression bomb, content that is no image (text, HTML) and an image
+    under 8 x 8 pixels. The bad-input classes and what each gives are listed in docs/bad_input.md.
     """
 
     def __init__(self) -> None:
@@ -117,8 +195,16 @@ class LoadCXR(Transform):
 
     def __call__(self, path: PathLike) -> MetaTensor:
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: file not found")
+        if not os.path.isfile(path):
+            kind = "a directory" if os.path.isdir(path) else "a FIFO, socket or device"
+            raise UnreadableImageError(f"{path}: not a regular file ({kind})")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            raise UnreadableImageError(f"{path}: cannot open file: {err.strerror or err}") from err
         if os.path.getsize(path) == 0:
             raise UnreadableImageError(f"{path}: empty file (0 bytes)")
         # the highest-priority reader that claims the file by its suffix or DICOM preamble; otherwise (ITK formats,
@@ -128,6 +214,12 @@ class LoadCXR(Transform):
                       None)
         try:
             img = self.loader(path, reader=reader)
+            spatial = tuple(img.shape[1:])
+            while len(spatial) > 2 and spatial[-1] == 1:
+                spatial = spatial[:-1]
+            if len(spatial) > 2:
+                raise UnreadableImageError(f"{len(spatial)}-D volume ({' x '.join(map(str, spatial))}): expected a "
+                                           "2-D radiograph")
             out = to_single_channel(img)
         except Exception as err:  # readers raise many types; report one clear message
             raise UnreadableImageError(f"{path}: cannot read image: {_root_cause(err)}") from err
@@ -147,6 +239,9 @@ def _root_cause(err: BaseException) -> str:
     if any("cannot find a suitable reader" in str(e) for e in chain):
         return "not a readable image format (tried DICOM, JPEG/PNG, NIfTI and ITK readers)"
     innermost = chain[-1]
+    own = next((e for e in chain if isinstance(e, UnreadableImageError)), None)
+    if own is not None:  # raised by this module's readers: the message is the reason
+        return str(own).splitlines()[0][:400]
     return f"{type(innermost).__name__}: {str(innermost).splitlines()[0][:300]}"
 
 

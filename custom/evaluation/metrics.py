@@ -98,7 +98,6 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     scores = np.asarray(scores, dtype=np.float64)
     predicted = is_positive(scores, threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
-    both_classes = len(np.unique(labels)) == 2
     return {
         "n": int(labels.size),
         "threshold": float(threshold),
@@ -108,8 +107,8 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "roc_auc": float(skm.roc_auc_score(labels, scores)) if both_classes else float("nan"),
-        "pr_auc": float(skm.average_precision_score(labels, scores)) if both_classes else float("nan"),
+        "roc_auc": _auc(labels == 1, scores),
+        "pr_auc": float(skm.average_precision_score(labels, scores)) if 0 < tp + fn < labels.size else float("nan"),
         "ece": calibration_bins(labels, scores)[3] if labels.size else float("nan"),
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
     }
@@ -130,12 +129,10 @@ def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[
     per_class = {}
     for c, name in enumerate(class_names):
         tn = cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]
-        one_vs_rest = labels == c
-        auc = skm.roc_auc_score(one_vs_rest, probs[:, c]) if 0 < one_vs_rest.sum() < labels.size else float("nan")
         per_class[name] = {
             "precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
             "specificity": _ratio(tn, tn + cm[:, c].sum() - cm[c, c]), "support": int(support[c]),
-            "roc_auc": float(auc),
+            "roc_auc": _auc(labels == c, probs[:, c]),
         }
     macro = {f"macro_{key}": float(np.mean([per_class[name][key] for name in class_names]))
              for key in ("precision", "recall", "specificity")}
@@ -148,6 +145,17 @@ def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[
         "per_class": per_class,
         "confusion_matrix": cm.astype(int).tolist(),
     }
+
+
+def roc_auc(labels: np.ndarray, probs: np.ndarray, positive_index: int = 1) -> float:
+    """ROC-AUC of (N,) class indices against (N, C) probabilities, as `classification_metrics` reports it: for C = 2
+    that of the `positive_index` class's probability, else the macro one-vs-rest mean (NaN unless every class is
+    present)."""
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape[1] == 2:
+        return _auc(labels == positive_index, probs[:, positive_index])
+    return float(np.mean([_auc(labels == c, probs[:, c]) for c in range(probs.shape[1])]))
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str],
@@ -270,6 +278,11 @@ def _percentile_interval(values: np.ndarray, alpha: float) -> tuple[float, float
         return float("nan"), float("nan"), int(values.size)
     low, high = np.percentile(defined, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(low), float(high), int(values.size - defined.size)
+
+
+def _auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC of (N,) bool truth against (N,) scores; NaN unless both classes are present."""
+    return float(skm.roc_auc_score(truth, scores)) if 0 < truth.sum() < truth.size else float("nan")
 
 
 def _ratio(numerator, denominator) -> float:

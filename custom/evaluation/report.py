@@ -1,5 +1,5 @@
-"""Per-run classification report: predictions CSV, metrics JSON, confusion-matrix and ROC plots; on validation it
-picks the decision threshold (`custom.models.trained_model.OperatingPoint`) that is saved with the checkpoint."""
+"""Per-run classification report: predictions CSV, metrics JSON, confusion-matrix and ROC plots, written from the
+evaluator's collected outputs and what its `custom.evaluation.ignite_metrics.OperatingPointMetrics` computed."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from ignite.engine import Engine, Events
 
-from custom.evaluation.metrics import (
-    bootstrap_intervals,
-    classification_metrics,
-    select_threshold,
-)
+from custom.evaluation.ignite_metrics import OperatingPointMetrics, label_index
+from custom.evaluation.metrics import bootstrap_intervals
 from custom.evaluation.plots import plot_confusion_matrix, plot_roc_pr
 from custom.io import atomic_path, write_json
 from custom.lung.transforms import STATUS_KEY
@@ -30,8 +26,9 @@ class ClassificationReport:
     """Collects an evaluator's per-image outputs and, at the end of each evaluation run, writes
     `{prefix}_predictions.csv` (file, probability per class, predicted label[, true label][, what the lung step
     did: `custom.lung.transforms.STATUS_KEY`]) and `{prefix}_metrics.json` (the count, lung fallbacks and, where
-    labels exist, the metrics) plus PNG plots, and puts the scalar metrics in `engine.state.metrics` as
-    `{prefix}_{name}` (so StatsHandler, TensorBoard, early stopping and checkpointing can use them).
+    labels exist, the metrics) plus PNG plots. It only writes files: the metrics are the evaluator's Ignite metrics
+    (`metrics`, which MONAI's workflow computes before any handler runs, so this handler's place in the list does
+    not matter), and it puts nothing in `engine.state.metrics`.
 
     Expects decollated outputs with "pred" = (C,) class probabilities and "label" = class index or (C,) one-hot
     (absent for unlabelled inference); the file name comes from the decollated batch's "image" (a MetaTensor's
@@ -40,11 +37,11 @@ class ClassificationReport:
     Args:
         output_dir: where the files go.
         class_names: C names, index order.
-        prefix: file and metric prefix, e.g. "val" or "test".
-        operating_point: binary tasks decide with its threshold; None -> 0.5 (argmax for C > 2).
-        select_threshold: if set (a `custom.evaluation.metrics.THRESHOLD_METHODS` rule), choose the threshold on this run's
-            data and store it in `operating_point` first (use on validation only, never on test).
-        target_sensitivity: for select_threshold="sensitivity".
+        prefix: file prefix, e.g. "val" or "test".
+        operating_point: decides the predicted labels (the one `metrics` uses, whose threshold it may have just
+            picked); None -> 0.5 (argmax for C > 2).
+        metrics: the evaluator's `OperatingPointMetrics` (in its `additional_metrics`); None (unlabelled
+            inference): the metrics JSON holds the count and lung fallbacks only.
         plots: write the PNG plots.
         predictions_filename: name of the predictions CSV (default `{prefix}_predictions.csv`).
         bootstrap: binary tasks: this many bootstrap replicates for 95 % intervals of accuracy, sensitivity,
@@ -53,15 +50,13 @@ class ClassificationReport:
     """
 
     def __init__(self, output_dir: str, class_names: list[str], prefix: str = "val",
-                 operating_point: OperatingPoint | None = None, select_threshold: str | None = None,
-                 target_sensitivity: float = 0.95, plots: bool = True, predictions_filename: str | None = None,
-                 bootstrap: int = 0) -> None:
+                 operating_point: OperatingPoint | None = None, metrics: OperatingPointMetrics | None = None,
+                 plots: bool = True, predictions_filename: str | None = None, bootstrap: int = 0) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.prefix = prefix
         self.operating_point = operating_point
-        self.select_threshold = select_threshold
-        self.target_sensitivity = target_sensitivity
+        self.metrics = metrics
         self.plots = plots
         self.predictions_filename = predictions_filename or f"{prefix}_predictions.csv"
         self.bootstrap = bootstrap
@@ -69,6 +64,9 @@ class ClassificationReport:
         self._reset()
 
     def attach(self, engine: Engine) -> None:
+        if self.metrics is not None and not self.metrics.is_attached(engine):
+            raise ValueError(f"ClassificationReport({self.prefix!r}): its metrics are not attached to the evaluator; "
+                             "list them in the evaluator's additional_metrics")
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._reset())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
@@ -79,10 +77,8 @@ class ClassificationReport:
     def _collect(self, engine: Engine) -> None:
         for item, source in zip(engine.state.output, engine.state.batch):
             self.probs.append(item["pred"].detach().float().cpu().numpy().reshape(-1))
-            label = item.get("label")
-            if label is not None:
-                label = torch.as_tensor(label).detach().cpu().reshape(-1)
-                self.labels.append(int(label.argmax()) if label.numel() > 1 else int(label))
+            if item.get("label") is not None:
+                self.labels.append(label_index(item["label"]))
             self.patients.append(source.get("patient_id"))
             self.lung.append(source.get(STATUS_KEY))
             image = source.get("image")  # a loaded MetaTensor, or the path itself when the input is a cached embedding
@@ -96,32 +92,25 @@ class ClassificationReport:
         probs = np.stack(self.probs) if self.probs else np.zeros((0, len(self.class_names)))
         labels = np.asarray(self.labels) if len(self.labels) == len(self.probs) and self.labels else None
         op = self.operating_point
-        if self.select_threshold and self.binary and labels is not None and op is not None:
-            op.threshold = select_threshold(labels == op.positive_index, probs[:, op.positive_index],
-                                            self.select_threshold, self.target_sensitivity)
-            op.method = self.select_threshold
-        threshold = op.threshold if (op is not None and self.binary) else None
         predicted = (op or OperatingPoint()).decide(probs)
         self._write_predictions(probs, predicted, labels)
         lung = {"lung_fallbacks": self.lung.count("fallback")} if any(self.lung) else {}
-        if labels is None:
+        if labels is None or self.metrics is None:
             self.result = {"n": len(probs), **lung}
             write_json(self.result, self.output_dir / f"{self.prefix}_metrics.json")
             return
+        self.result = {**self.metrics.result, **lung}
         positive = op.positive_index if op is not None else 1
-        self.result = {**classification_metrics(labels, probs, self.class_names, threshold, positive), **lung}
         if self.bootstrap and self.binary:
             groups = np.asarray(self.patients) if all(p is not None for p in self.patients) else None
             self.result["intervals"] = bootstrap_intervals(labels == positive, probs[:, positive],
                                                            self.result["threshold"], groups, n_boot=self.bootstrap)
         write_json(self.result, self.output_dir / f"{self.prefix}_metrics.json")
-        for name, value in self.result.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                engine.state.metrics[f"{self.prefix}_{name}"] = value
         if self.plots:
             plot_confusion_matrix(self.result["confusion_matrix"], self.class_names,
                                   self.output_dir / f"{self.prefix}_confusion_matrix.png", title=f"{self.prefix} confusion matrix")
             if self.binary and len(np.unique(labels)) == 2:
+                threshold = op.threshold if op is not None else None
                 plot_roc_pr(labels == positive, probs[:, positive], self.output_dir / f"{self.prefix}_roc.png", threshold)
         logger.info("%s: %s", self.prefix, {k: round(v, 4) for k, v in self.result.items()
                                              if isinstance(v, float) and not math.isnan(v)})

@@ -9,10 +9,12 @@ from collections.abc import Hashable, Mapping
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Resize, SpatialCrop
+from monai.engines import default_prepare_batch
+from monai.transforms import Compose, MapTransform
 from monai.transforms.utils import generate_spatial_bounding_box
+from monai.utils import convert_to_dst_type, convert_to_tensor
 
-from custom.lung.segmentation import load_lung_unet, segment_lungs
+from custom.lung.segmentation import load_lung_unet, segment_lungs_batch
 
 MODES = ("crop", "mask", "none")
 STATUS_KEY = "lung_preprocessing"  # what the transform did to an item: "applied", "fallback" (implausible mask) or "none"
@@ -67,35 +69,93 @@ class LungPreprocessd(MapTransform):
         d[STATUS_KEY] = "none"
         if self.mode == "none":
             return d
-        net = load_lung_unet(self.model_path, self.device)
         for key in self.key_iterator(d):
             image = d[key]
             name = _file_name(image, key)
             if not isinstance(image, torch.Tensor) or image.ndim != 3:
                 raise ValueError(f"{name}: LungPreprocessd expects a (C, W, H) tensor, got {getattr(image, 'shape', type(image))}")
-            mask = segment_lungs(image[:1], net)
-            area = float(mask.float().mean())
+            out, mask, [status] = self.apply(image[None], [name])
+            d[key] = convert_to_dst_type(out[0], image)[0]
             if self.mask_key is not None:
-                d[self.mask_key] = mask
-            if not self.min_area <= area <= self.max_area:
-                warnings.warn(f"{name}: implausible lung mask ({area:.1%} of the image, expected "
-                              f"{self.min_area:.0%}-{self.max_area:.0%}); image left unmodified", stacklevel=2)
-                d[STATUS_KEY] = "fallback"
-                continue
-            d[key] = self._crop(image, mask) if self.mode == "crop" else self._mask(image, mask)
-            d[STATUS_KEY] = "applied"
+                d[self.mask_key] = mask[0]
+            d[STATUS_KEY] = status
         return d
 
+    def apply_batch(self, batch: Mapping[Hashable, object]) -> dict:
+        """The transform on a collated batch (each key: a (B, C, W, H) tensor); `STATUS_KEY` becomes a list of B
+        statuses, so that decollation gives every item what ``__call__`` would have. Same results as ``__call__`` per
+        item: the UNet runs once per batch, the rest of the step is per image as there."""
+        d = dict(batch)
+        keys = list(self.key_iterator(d))
+        size = len(d[keys[0]]) if keys else 0
+        d[STATUS_KEY] = ["none"] * size
+        if self.mode == "none":
+            return d
+        for key in keys:
+            images = d[key]
+            names = [_file_name(images, key, i) for i in range(size)]
+            out, masks, d[STATUS_KEY] = self.apply(images, names)
+            d[key] = convert_to_dst_type(out, images)[0]
+            if self.mask_key is not None:
+                d[self.mask_key] = masks
+        return d
+
+    def apply(self, images: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(B, C, W, H) images in [0, 1] (file names for warnings) -> ((B, C, W, H) processed images (plain tensor),
+        (B, 1, W, H) bool lung masks, B statuses "applied" or "fallback")."""
+        images = convert_to_tensor(images, track_meta=False)
+        masks = segment_lungs_batch(images[:, :1], load_lung_unet(self.model_path, self.device))
+        areas = masks.flatten(1).float().mean(1).tolist()
+        out, statuses = [], []
+        for image, mask, area, name in zip(images, masks, areas, names):
+            if not self.min_area <= area <= self.max_area:
+                warnings.warn(f"{name}: implausible lung mask ({area:.1%} of the image, expected "
+                              f"{self.min_area:.0%}-{self.max_area:.0%}); image left unmodified", stacklevel=3)
+                out.append(image)
+                statuses.append("fallback")
+                continue
+            out.append(self._crop(image, mask) if self.mode == "crop" else self._mask(image, mask))
+            statuses.append("applied")
+        return torch.stack(out), masks, statuses
+
     def _crop(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        start, end = lung_bbox(mask, self.margin)
-        cropped = SpatialCrop(roi_start=start, roi_end=end)(image)
-        return Resize(spatial_size=tuple(image.shape[1:]), mode="area")(cropped)
+        """(C, W, H) -> (C, W, H): the lung box (`lung_bbox`) resized back with area interpolation (as MONAI's
+        ``Resize(mode="area")`` of ``SpatialCrop``)."""
+        (x0, y0), (x1, y1) = lung_bbox(mask, self.margin)
+        box = image[None, :, x0:x1, y0:y1].float()
+        return box[0] if box.shape[2:] == image.shape[1:] else F.interpolate(box, size=image.shape[1:], mode="area")[0]
 
     def _mask(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         radius = int(round(self.dilation * sum(image.shape[1:]) / 2))
         return image * dilate(mask, radius).to(image.device, image.dtype)
 
 
-def _file_name(image, key: Hashable) -> str:
+class BatchedLungStep:
+    """Runs the `LungPreprocessd` steps that end a per-image chain on collated batches instead (one UNet forward per
+    batch), as the ``prepare_batch`` of a MONAI ``SupervisedEvaluator``.
+
+    `item_transform` is ``preprocessing`` without those trailing steps (the Dataset's transform); calling the
+    instance applies them to the evaluator's batch dict (which then carries `STATUS_KEY` per item into the handlers)
+    and hands it to `monai.engines.default_prepare_batch`. Without trailing `LungPreprocessd` steps (e.g. another
+    step follows the lung step), `item_transform` is ``preprocessing`` itself and batches pass through unchanged.
+    """
+
+    def __init__(self, preprocessing: Compose) -> None:
+        transforms = list(preprocessing.flatten().transforms)
+        split = len(transforms)
+        while split and isinstance(transforms[split - 1], LungPreprocessd):
+            split -= 1
+        self.steps = transforms[split:]
+        self.item_transform = Compose(transforms[:split]) if self.steps else preprocessing
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs):
+        for step in self.steps:
+            batchdata.update(step.apply_batch(batchdata))  # in place: the engine decollates this dict for handlers
+        return default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+
+
+def _file_name(image, key: Hashable, index: int | None = None) -> str:
+    """The file an image was read from (meta "filename_or_obj"; the ``index``-th of a collated batch), else <key>."""
     meta = getattr(image, "meta", {}) or {}
-    return str(meta.get("filename_or_obj", f"<{key}>"))
+    name = meta.get("filename_or_obj", f"<{key}>")
+    return str(name[index] if index is not None and isinstance(name, (list, tuple)) else name)

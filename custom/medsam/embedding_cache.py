@@ -69,7 +69,8 @@ class EmbeddingCache:
 
     Counters (cumulative): ``hits`` / ``misses``: distinct entries found on disk / not found (then computed, or
     failed: unreadable images are retried on every call); ``corrupt``: bad entries found (they count as misses).
-    ``failed`` maps each path of the latest `get_or_compute` call that produced no embedding to the reason.
+    ``failed`` maps each path of the latest `get_or_compute` call that produced no embedding to (stage, reason):
+    stage "read", "encoder_preprocess" or "encoder".
     """
 
     def __init__(self, cache_dir: str | os.PathLike, encoder: nn.Module, variant: str | None = None,
@@ -89,7 +90,7 @@ class EmbeddingCache:
                                        "preprocessing": asdict(preprocess_desc)}, sort_keys=True).encode()
         self.loader = LoadCXR()
         self.hits = self.misses = self.corrupt = 0
-        self.failed: dict[str, str] = {}
+        self.failed: dict[str, tuple[str, str]] = {}
 
     @property
     def entry_shape(self) -> tuple[int, int, int]:
@@ -111,7 +112,7 @@ class EmbeddingCache:
         """(N, 256, m, m) float16 maps (CPU; m = map_size, 8) of `paths` in order, computing and storing missing ones.
 
         Unreadable images are skipped, not fatal: N counts the paths that are not in ``self.failed`` afterwards
-        (path -> reason, also logged). Images with the same bytes share one entry and are encoded once.
+        (path -> (stage, reason), also logged). Images with the same bytes share one entry and are encoded once.
         """
         self.failed = {}
         order, found, todo = [], {}, {}  # order: (path, key) of the readable paths, in input order
@@ -119,7 +120,7 @@ class EmbeddingCache:
             try:
                 key = self.key(path)
             except OSError as err:
-                self.failed[path] = f"{path}: cannot read file: {err.strerror or err}"
+                self.failed[path] = ("read", f"{path}: cannot read file: {err.strerror or err}")
                 continue
             order.append((path, key))
             if key in found or key in todo:
@@ -138,13 +139,14 @@ class EmbeddingCache:
                 rows.append(found[key])
             else:
                 self.failed[path] = errors[key]
-        for reason in self.failed.values():
-            logger.warning("embedding skipped: %s", reason)
+        for stage, reason in self.failed.values():
+            logger.warning("embedding skipped (%s): %s", stage, reason)
         return torch.stack(rows) if rows else torch.empty((0, *self.entry_shape), dtype=torch.float16)
 
     def _compute(self, todo: dict[str, str], found: dict[str, torch.Tensor], batch_size: int,
-                 device: str | torch.device, progress: bool) -> dict[str, str]:
-        """Encodes `todo` (key -> path) in batches into `found` and onto disk; returns key -> reason for failures."""
+                 device: str | torch.device, progress: bool) -> dict[str, tuple[str, str]]:
+        """Encodes `todo` (key -> path) in batches into `found` and onto disk; returns key -> (stage, reason) for
+        failures."""
         encoder = self.encoder.to(device).eval()
         size, keep_aspect = self.preprocessing.size, self.preprocessing.keep_aspect
         items, errors = list(todo.items()), {}
@@ -152,18 +154,21 @@ class EmbeddingCache:
             for start in range(0, len(items), batch_size):
                 batch, images, ok = items[start:start + batch_size], [], []
                 for key, path in batch:
-                    try:
-                        images.append(encoder_preprocess(self.loader(path), size, keep_aspect))
+                    stage = "read"
+                    try:  # skip this image only; LoadCXR names the file and the cause
+                        image = self.loader(path)
+                        stage = "encoder_preprocess"
+                        images.append(encoder_preprocess(image, size, keep_aspect))
                         ok.append((key, path))
-                    except Exception as err:  # LoadCXR names the file and the cause; skip this image only
-                        errors[key] = str(err)
+                    except Exception as err:
+                        errors[key] = (stage, str(err))
                 if images:
                     with torch.no_grad():
                         maps = encoder(torch.stack(images).to(device))
                         maps = F.adaptive_avg_pool2d(maps.float(), self.preprocessing.map_size).to("cpu", torch.float16)
                     for (key, path), embedding in zip(ok, maps):
                         if not torch.isfinite(embedding).all():
-                            errors[key] = f"{path}: encoder output is not finite"
+                            errors[key] = ("encoder", f"{path}: encoder output is not finite")
                             continue
                         found[key] = embedding.clone()  # own storage: torch.save would write the whole batch
                         self._write(key, found[key], path)

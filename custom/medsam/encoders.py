@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import EnsureTyped, MapTransform
 from monai.utils import convert_to_tensor
 from torch import nn
 
+from custom.data.transforms import LoadCXRd
 from custom.io import file_sha256
 
 EMBED_DIM = 256
@@ -271,3 +272,9 @@ class EncoderPreprocessd(MapTransform):
             out = encoder_preprocess(d[key], self.size, self.keep_aspect)
             d[key] = MetaTensor(out, meta=d[key].meta) if isinstance(d[key], MetaTensor) else out
         return d
+
+
+def encoder_input_transforms(size: int, keep_aspect: bool = False, keys: KeysCollection = "image") -> list[MapTransform]:
+    """The MedSAM preprocessing chain every MedSAM config uses: image file -> `LoadCXRd` (1, W, H) ->
+    `EncoderPreprocessd` (3, size, size) in [0, 1] -> float32."""
+    return [LoadCXRd(keys), EncoderPreprocessd(keys, size, keep_aspect), EnsureTyped(keys, dtype=torch.float32)]

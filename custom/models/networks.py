@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -92,6 +93,23 @@ class TorchvisionClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+
+class ProbabilityEnsemble(nn.Module):
+    """Seed ensemble: `size` networks built by `member` (a no-argument factory, e.g. a config item with
+    ``"_mode_": "callable"``), whose softmax probabilities are averaged. (B, C, H, W) -> (B, num_classes) log of the
+    mean probability, so the bundle's softmax postprocessing returns the mean probability itself. Weights:
+    `custom.evaluation.operating_point.assemble_ensemble`."""
+
+    def __init__(self, member: Callable[[], nn.Module], size: int = 3):
+        super().__init__()
+        if size < 2:
+            raise ValueError(f"an ensemble needs two or more members, got size={size}")
+        self.members = nn.ModuleList(member() for _ in range(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).softmax(dim=1) for m in self.members]).mean(dim=0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
 def load_torchvision_weights(arch: str, pretrained: str) -> dict[str, torch.Tensor]:

@@ -41,7 +41,9 @@ def prepare_checkpoint_dir(checkpoint_dir: str | Path, provenance: Provenance, r
                            prefix: str = "checkpoint") -> None:
     """Before training. resume=True: a checkpoint to resume from in `checkpoint_dir` must come from the same run
     (config hash and datalist hash of its provenance equal `provenance`'s), else raises, naming what differs and the
-    way out. resume=False: removes the old run's `{prefix}_epoch=N.pt` files so that none is resumed later."""
+    way out. A newest checkpoint that cannot be read (truncated by a kill during its write) is renamed
+    `<name>.corrupt`, with a warning, and the one before it is used. resume=False: removes the old run's
+    `{prefix}_epoch=N.pt` files so that none is resumed later."""
     path = latest_checkpoint(checkpoint_dir, prefix)
     if path is None:
         return
@@ -50,7 +52,22 @@ def prepare_checkpoint_dir(checkpoint_dir: str | Path, provenance: Provenance, r
             old.unlink(missing_ok=True)
             logger.info("--resume False: removed %s", old)
         return
-    saved = load_checkpoint(path).get("provenance")
+    saved = None
+    while path is not None:
+        try:
+            saved = load_checkpoint(path).get("provenance")
+            break
+        except ValueError as err:
+            if "cannot read checkpoint" not in str(err):
+                raise
+            # a run killed while writing it (CheckpointSaver does not write atomically): set it aside, use the
+            # one before it
+            aside = path.with_name(path.name + ".corrupt")
+            path.replace(aside)
+            logger.warning("%s\nmoved to %s; resuming from the checkpoint before it, if any", err, aside)
+            path = latest_checkpoint(checkpoint_dir, prefix)
+    if path is None:
+        return
     differs = provenance.mismatch(saved) if saved is not None else ["provenance"]
     if differs:
         what = " and ".join({"config_hash": "config", "datalist_hash": "data (datalist)", "provenance": "provenance "
