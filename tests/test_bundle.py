@@ -167,8 +167,8 @@ def test_inference_predicts_good_files_and_lists_bad_ones(trained, tmp_path):
     for r in rows:
         assert float(r["prob_NORMAL"]) + float(r["prob_PNEUMONIA"]) == pytest.approx(1.0, abs=1e-4)
         assert r["predicted_label"] in ("NORMAL", "PNEUMONIA")
-        assert r["lung_preprocessing"] in ("applied", "fallback"), "the lung step says what it did per image"
-    fallbacks = sum(r["lung_preprocessing"] == "fallback" for r in rows)
+        assert r["lung_crop"] in ("applied", "fallback"), "the lung step says what it did per image"
+    fallbacks = sum(r["lung_crop"] == "fallback" for r in rows)
     assert json.loads((out / "inference_metrics.json").read_text()) == {"n": len(rows), "lung_fallbacks": fallbacks}
     bad = {Path(r["file"]).name: r["reason"] for r in csv.DictReader(open(out / "bad_files.csv"))}
     assert set(bad) == {"notes.txt", "empty.png", "truncated.jpeg"}

@@ -98,9 +98,9 @@ def test_implausible_mask_leaves_image_unchanged_and_warns_with_file_name():
     strict = LungPreprocessd("image", MODEL, mode="crop", min_area=0.9, max_area=1.0)
     with pytest.warns(UserWarning, match=f"{path.name}: implausible lung mask"):
         out = strict({"image": image.clone()})
-    assert torch.equal(out["image"], image) and out["lung_preprocessing"] == "fallback"
-    assert LungPreprocessd("image", MODEL, mode="crop")({"image": image.clone()})["lung_preprocessing"] == "applied"
-    assert LungPreprocessd("image", MODEL, mode="none")({"image": image.clone()})["lung_preprocessing"] == "none"
+    assert torch.equal(out["image"], image) and out["lung_crop"] == "fallback"
+    assert LungPreprocessd("image", MODEL, mode="crop")({"image": image.clone()})["lung_crop"] == "applied"
+    assert LungPreprocessd("image", MODEL, mode="none")({"image": image.clone()})["lung_crop"] == "none"
     with pytest.raises(ValueError, match="mode must be one of"):
         LungPreprocessd("image", MODEL, mode="blur")
 
@@ -297,7 +297,7 @@ def test_bundle_inference_batched_lung_step_predicts_as_the_per_item_chain(tmp_p
         tables[name] = pd.read_csv(tmp_path / name / "predictions.csv")
     batched, reference = tables["batched"], tables["per_item"]
     assert len(batched) == 40 and list(batched["file"]) == list(reference["file"])
-    assert (batched["lung_preprocessing"] == reference["lung_preprocessing"]).all()
-    assert (batched["lung_preprocessing"] == "applied").all()
+    assert (batched["lung_crop"] == reference["lung_crop"]).all()
+    assert (batched["lung_crop"] == "applied").all()
     probs = [c for c in batched.columns if c.startswith("prob")]
     assert probs and np.abs(batched[probs].to_numpy() - reference[probs].to_numpy()).max() < 1e-5

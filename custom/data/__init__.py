@@ -6,4 +6,5 @@ from .datalists import (
     resolve_datalist,
     write_datalist,
 )
+from .domains import check_eval_domains
 from .isolation import IsolatedDataLoader, IsolatedDataset, skip_empty_batch

@@ -193,3 +193,13 @@ def check_domains(datalist: dict, source: str | os.PathLike, required: Sequence[
     if problems:
         raise ValueError(f"{source}: datalist not usable: " + "; ".join(problems))
     return datalist
+
+
+def check_eval_domains(datalist: dict, split: str, source: str | os.PathLike) -> dict:
+    """Before a per-domain evaluation of part ``split``: when it holds more than one ``domain`` value,
+    `check_domains` on that part alone (no domain required), so an unknown name or a one-class domain stops the run;
+    a single-domain part (any name, or none) passes. Returns the datalist unchanged."""
+    items = datalist.get(split) or []
+    if len({item.get("domain") for item in items}) > 1:
+        check_domains({split: items}, source, required=())
+    return datalist

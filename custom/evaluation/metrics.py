@@ -191,6 +191,28 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
     return {**out, "n_boot": int(n_boot), "n_groups": n_groups}
 
 
+def domain_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, domains: np.ndarray,
+                   groups: np.ndarray | None = None, n_boot: int = 0) -> dict:
+    """Per domain (sorted names): `binary_metrics` of its (N,) 0/1 labels against (N,) positive-class probabilities
+    at the one applied `threshold`, `bootstrap_intervals` when `n_boot` > 0 (resampling `groups` where given), and
+    "youden_threshold_diagnostic": the Youden threshold that domain's own labels would pick (`select_threshold`),
+    reported to show how far the domains' operating points lie apart, never applied."""
+    labels, scores, domains = np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64), np.asarray(domains)
+    out = {}
+    for domain in sorted(set(domains.tolist())):
+        part = domains == domain
+        entry = binary_metrics(labels[part], scores[part], threshold)
+        if n_boot:
+            entry["intervals"] = bootstrap_intervals(labels[part], scores[part], threshold,
+                                                     None if groups is None else np.asarray(groups)[part], n_boot)
+        entry["youden_threshold_diagnostic"] = {
+            "threshold": select_threshold(labels[part], scores[part]) if 0 < labels[part].sum() < part.sum()
+            else float("nan"), "applied": False,
+            "note": "picked on this domain's own evaluated labels; a diagnostic, never used for a decision"}
+        out[str(domain)] = entry
+    return out
+
+
 def paired_bootstrap(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, threshold_a: float,
                      threshold_b: float, groups: np.ndarray | None = None, n_boot: int = 2000, alpha: float = 0.05,
                      seed: int = 0) -> dict:

@@ -1,5 +1,5 @@
-"""PNG figures: class distribution, sample and augmentation grids, training curves, confusion matrix, ROC,
-precision-recall and calibration (reliability) curves.
+"""PNG figures: class distribution, sample and augmentation grids, training curves, confusion matrix, ROC (also one
+curve per domain), precision-recall and calibration (reliability) curves.
 
 Images are (1, W, H) tensors in MONAI's PIL axis convention; they are transposed for display.
 """
@@ -141,6 +141,31 @@ def plot_roc_pr(labels: np.ndarray, scores: np.ndarray, path: str | os.PathLike,
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if ax is ax_roc else "lower left")
+    save_figure(fig, path)
+
+
+def plot_domain_roc(labels: np.ndarray, scores: np.ndarray, domains: Sequence[str], path: str | os.PathLike,
+                    threshold: float) -> None:
+    """One ROC curve per domain (legend: domain, images, AUC) of (N,) 0/1 labels vs (N,) positive-class scores, each
+    with its operating point at the one applied `threshold`; domains holding one class only are left out."""
+    labels, scores, domains = np.asarray(labels).astype(bool), np.asarray(scores, dtype=float), np.asarray(domains)
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    for domain in sorted(set(domains.tolist())):
+        part = domains == domain
+        if not 0 < labels[part].sum() < part.sum():
+            continue
+        fpr, tpr, _ = skm.roc_curve(labels[part], scores[part])
+        auc = skm.roc_auc_score(labels[part], scores[part])
+        line, = ax.plot(fpr, tpr, label=f"{domain} (n={part.sum()}, AUC {auc:.3f})")
+        sens, spec, _ = _operating_point(labels[part], scores[part], threshold)
+        ax.plot(1 - spec, sens, "o", color=line.get_color())
+    ax.plot([], [], "ko", label=f"threshold {threshold:.3f} (applied to all)")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC per domain")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, path)
 
 

@@ -1,5 +1,6 @@
-"""Per-run classification report: predictions CSV, metrics JSON, confusion-matrix and ROC plots, written from the
-evaluator's collected outputs and what its `custom.evaluation.ignite_metrics.OperatingPointMetrics` computed."""
+"""Per-run classification report: predictions CSV, metrics JSON, confusion-matrix and ROC plots (per domain too when
+the items come from several), written from the evaluator's collected outputs and what its
+`custom.evaluation.ignite_metrics.OperatingPointMetrics` computed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 from ignite.engine import Engine, Events
 
 from custom.evaluation.ignite_metrics import OperatingPointMetrics, label_index
-from custom.evaluation.metrics import bootstrap_intervals
-from custom.evaluation.plots import plot_confusion_matrix, plot_roc_pr
+from custom.evaluation.metrics import bootstrap_intervals, domain_metrics
+from custom.evaluation.plots import plot_confusion_matrix, plot_domain_roc, plot_roc_pr
 from custom.io import atomic_path, write_json
 from custom.lung.transforms import STATUS_KEY
 from custom.models.trained_model import OperatingPoint
@@ -29,6 +30,11 @@ class ClassificationReport:
     labels exist, the metrics) plus PNG plots. It only writes files: the metrics are the evaluator's Ignite metrics
     (`metrics`, which MONAI's workflow computes before any handler runs, so this handler's place in the list does
     not matter), and it puts nothing in `engine.state.metrics`.
+
+    When the items carry more than one ``domain`` value, the predictions CSV gains a `domain` column and a binary
+    labelled run adds `domains` to the metrics JSON (`custom.evaluation.metrics.domain_metrics`: per domain the
+    metrics at the one applied threshold, intervals, and its own Youden threshold as a diagnostic only) and writes
+    `{prefix}_roc_domains.png`; with one domain (or none) the files are exactly those of a plain run.
 
     Expects decollated outputs with "pred" = (C,) class probabilities and "label" = class index or (C,) one-hot
     (absent for unlabelled inference); the file name comes from the decollated batch's "image" (a MetaTensor's
@@ -72,7 +78,7 @@ class ClassificationReport:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._complete)
 
     def _reset(self) -> None:
-        self.files, self.probs, self.labels, self.patients, self.lung = [], [], [], [], []
+        self.files, self.probs, self.labels, self.patients, self.lung, self.domains = [], [], [], [], [], []
 
     def _collect(self, engine: Engine) -> None:
         for item, source in zip(engine.state.output, engine.state.batch):
@@ -81,12 +87,17 @@ class ClassificationReport:
                 self.labels.append(label_index(item["label"]))
             self.patients.append(source.get("patient_id"))
             self.lung.append(source.get(STATUS_KEY))
+            self.domains.append(source.get("domain"))
             image = source.get("image")  # a loaded MetaTensor, or the path itself when the input is a cached embedding
             self.files.append(image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", "")))
 
     @property
     def binary(self) -> bool:
         return len(self.class_names) == 2
+
+    @property
+    def multi_domain(self) -> bool:
+        return len(set(self.domains)) > 1
 
     def _complete(self, engine: Engine) -> None:
         probs = np.stack(self.probs) if self.probs else np.zeros((0, len(self.class_names)))
@@ -101,10 +112,13 @@ class ClassificationReport:
             return
         self.result = {**self.metrics.result, **lung}
         positive = op.positive_index if op is not None else 1
+        groups = np.asarray(self.patients) if all(p is not None for p in self.patients) else None
         if self.bootstrap and self.binary:
-            groups = np.asarray(self.patients) if all(p is not None for p in self.patients) else None
             self.result["intervals"] = bootstrap_intervals(labels == positive, probs[:, positive],
                                                            self.result["threshold"], groups, n_boot=self.bootstrap)
+        if self.binary and self.multi_domain:
+            self.result["domains"] = domain_metrics(labels == positive, probs[:, positive], self.result["threshold"],
+                                                    np.asarray(self.domains, dtype=str), groups, self.bootstrap)
         write_json(self.result, self.output_dir / f"{self.prefix}_metrics.json")
         if self.plots:
             plot_confusion_matrix(self.result["confusion_matrix"], self.class_names,
@@ -112,6 +126,9 @@ class ClassificationReport:
             if self.binary and len(np.unique(labels)) == 2:
                 threshold = op.threshold if op is not None else None
                 plot_roc_pr(labels == positive, probs[:, positive], self.output_dir / f"{self.prefix}_roc.png", threshold)
+            if "domains" in self.result:
+                plot_domain_roc(labels == positive, probs[:, positive], np.asarray(self.domains, dtype=str),
+                                self.output_dir / f"{self.prefix}_roc_domains.png", self.result["threshold"])
         logger.info("%s: %s", self.prefix, {k: round(v, 4) for k, v in self.result.items()
                                              if isinstance(v, float) and not math.isnan(v)})
 
@@ -119,10 +136,11 @@ class ClassificationReport:
         os.makedirs(self.output_dir, exist_ok=True)
         with atomic_path(self.output_dir / self.predictions_filename) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
-            lung = any(self.lung)
+            lung, domain = any(self.lung), self.multi_domain
             writer.writerow(["file", *[f"prob_{n}" for n in self.class_names], "predicted_label"]
-                            + (["true_label"] if labels is not None else []) + ([STATUS_KEY] if lung else []))
+                            + (["true_label"] if labels is not None else []) + ([STATUS_KEY] if lung else [])
+                            + (["domain"] if domain else []))
             for i, file in enumerate(self.files):
                 row = [file, *[f"{p:.6f}" for p in probs[i]], self.class_names[predicted[i]]]
                 writer.writerow(row + ([self.class_names[labels[i]]] if labels is not None else [])
-                                + ([self.lung[i]] if lung else []))
+                                + ([self.lung[i]] if lung else []) + ([self.domains[i]] if domain else []))

@@ -1,7 +1,8 @@
-"""One self-contained HTML report per evaluation run: metrics table, evaluation plots (confusion matrix, ROC,
-precision-recall, calibration), the training run's curves and data plots, and any other PNG (saliency gallery,
-t-SNE, ...) found in the folders. Images are embedded as base64 data URIs, so `report.html` is one file that can be
-mailed, archived or logged as an artifact on its own.
+"""One self-contained HTML report per evaluation run: metrics table (and one row per domain when the run has
+several), evaluation plots (confusion matrix, ROC, ROC per domain, precision-recall, calibration), the training
+run's curves and data plots, and any other PNG (saliency gallery, t-SNE, ...) found in the folders. Images are
+embedded as base64 data URIs, so `report.html` is one file that can be mailed, archived or logged as an artifact on
+its own.
 """
 
 from __future__ import annotations
@@ -97,6 +98,28 @@ def metrics_table(metrics: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
+def domains_table(metrics: dict) -> str:
+    """Per-domain rows of a multi-domain run's metrics (`custom.evaluation.metrics.domain_metrics`), with the one
+    applied threshold stated and each domain's own Youden threshold shown as a diagnostic."""
+    def cell(entry: dict, key: str) -> str:
+        value, interval = entry.get(key, float("nan")), entry.get("intervals", {}).get(key)
+        text = "n/a" if math.isnan(value) else f"{value:.4f}"
+        if interval and not math.isnan(interval["low"]):
+            text += f" ({interval['low']:.4f}&ndash;{interval['high']:.4f})"
+        return f'<td class="num">{text}</td>'
+
+    header = ("<tr><th>domain</th><th>Images</th><th>Accuracy</th><th>Sensitivity</th><th>Specificity</th><th>F1</th>"
+              "<th>ROC-AUC</th><th>Own Youden threshold (diagnostic, not applied)</th></tr>")
+    rows = [f'<tr><th>{html.escape(name)}</th><td class="num">{entry["n"]}</td>'
+            + "".join(cell(entry, key) for key in ("accuracy", "sensitivity", "specificity", "f1", "roc_auc"))
+            + cell(entry["youden_threshold_diagnostic"], "threshold") + "</tr>"
+            for name, entry in metrics["domains"].items()]
+    return (f"<p>Every domain is decided at the one overall threshold {metrics['threshold']:.4f} on P(positive) (the "
+            "model's operating point); 95 % bootstrap intervals in brackets. The own Youden threshold is what each "
+            "domain's evaluated labels would pick: a diagnostic of how far the domains' operating points lie apart, "
+            "never applied.</p><table>" + header + "".join(rows) + "</table>")
+
+
 def build_report(eval_dir: str | os.PathLike, train_dir: str | os.PathLike | None = None, prefix: str | None = None,
                  output: str | os.PathLike | None = None, title: str = "cxr-pneumonia evaluation report") -> Path:
     """Builds `report.html` for an evaluation output folder (as written by `run evaluating`).
@@ -139,8 +162,11 @@ def build_report(eval_dir: str | os.PathLike, train_dir: str | os.PathLike | Non
     names = metrics["class_names"]
     positive = f", positive class {html.escape(str(names[1]))}" if len(names) == 2 else ""
     sections = [f"<h2>Metrics ({html.escape(prefix)}{positive})</h2>", metrics_table(metrics)]
+    if "domains" in metrics:
+        sections += [f"<h2>Metrics per domain ({html.escape(prefix)})</h2>", domains_table(metrics)]
     evaluation = figures(eval_dir, [(f"{prefix}_confusion_matrix.png", "Confusion matrix"),
-                                    (f"{prefix}_roc.png", "ROC"), (f"{prefix}_pr.png", "Precision-recall"),
+                                    (f"{prefix}_roc.png", "ROC"), (f"{prefix}_roc_domains.png", "ROC per domain"),
+                                    (f"{prefix}_pr.png", "Precision-recall"),
                                     (f"{prefix}_calibration.png", "Calibration")])
     if evaluation:
         sections += ["<h2>Evaluation</h2>", evaluation]

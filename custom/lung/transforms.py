@@ -17,7 +17,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor
 from custom.lung.segmentation import load_lung_unet, segment_lungs_batch
 
 MODES = ("crop", "mask", "none")
-STATUS_KEY = "lung_preprocessing"  # what the transform did to an item: "applied", "fallback" (implausible mask) or "none"
+STATUS_KEY = "lung_crop"  # what the lung step did to an item (crop or mask mode): "applied", "fallback" (implausible mask) or "none"
 
 
 def lung_bbox(mask: torch.Tensor, margin: float) -> tuple[list[int], list[int]]:
