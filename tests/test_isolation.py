@@ -103,7 +103,8 @@ def test_medsam_preprocessing_is_isolated_per_file(tmp_path):
 
 def test_evaluation_skips_and_lists_bad_files_and_scores_the_rest(tmp_path):
     """`run evaluating` on a datalist whose test split holds an unreadable file and one that fails after reading:
-    both are listed with their stage, the metrics cover the good images only; a bad label still stops the run."""
+    both are listed with the transform that failed, the metrics cover the good images only; a bad label still
+    stops the run before evaluation."""
     normal = sorted((SHARED / "pediatric_cxr" / "test" / "NORMAL").glob("*.jpeg"))[:2]
     (tmp_path / "notes.jpeg").write_text("not an image")
     items = [{"image": str(p), "label": 0} for p in normal] + [{"image": str(p), "label": 1} for p in JPEGS]
@@ -118,7 +119,7 @@ def test_evaluation_skips_and_lists_bad_files_and_scores_the_rest(tmp_path):
            "--validate#preprocessing#transforms", CROP_BORDER, "--batch_size", "1"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    assert {name: stage for name, (stage, _) in bad_rows(out).items()} == {"notes.jpeg": "read", "black.png": "Resized"}
+    assert {name: stage for name, (stage, _) in bad_rows(out).items()} == {"notes.jpeg": "LoadCXRd", "black.png": "Resized"}
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics["n"] == 4 and metrics["confusion_matrix"] is not None
     items[0]["label"] = 7
