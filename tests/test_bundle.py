@@ -53,7 +53,8 @@ def trained(tmp_path_factory) -> Path:
 def test_training_writes_checkpoint_threshold_metrics_and_plots(trained):
     checkpoint = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert set(checkpoint) == {"model", "operating_point", "provenance"}
-    assert checkpoint["operating_point"]["method"] == "youden"
+    default_rule = json.loads((ROOT / "configs" / "train.json").read_text())["threshold_method"]
+    assert checkpoint["operating_point"]["method"] == default_rule
     assert 0.0 <= checkpoint["operating_point"]["threshold"] <= 1.0
     history = json.loads((trained / "train" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
