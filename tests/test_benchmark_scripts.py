@@ -22,6 +22,7 @@ from custom.evaluation.timing import cpu_model, run_record
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 TEST_IMAGES = SHARED / "pediatric_cxr" / "test"
+SAMPLE = ROOT / "data" / "sample"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -63,18 +64,27 @@ def test_run_record_reads_the_cpu_model(tmp_path):
 
 def test_benchmark_inference_results_file(tmp_path, monkeypatch, capsys):
     out = run_script("benchmark_inference.py", "--images", TEST_IMAGES, "--limit", 4, "--batch_sizes", "1,2",
-                     "--repeats", 1, "--lung_modes", "crop,none", "--results_file", tmp_path / "results" / "inference.json",
+                     "--repeats", 1, "--lung_modes", "crop,none", "--precisions", "float32,bfloat16",
+                     "--agreement_images", SAMPLE / "test", "--results_file", tmp_path / "results" / "inference.json",
                      monkeypatch=monkeypatch, capsys=capsys)
     result = written_and_printed(tmp_path / "results" / "inference.json", out)
     check_record(result, "benchmark_inference.py")
     assert result["device"]["used"] == "cpu"
     assert result["images"] == 4 and result["input_shape"] == [1, 128, 128]
-    assert [(r["stage"], r.get("lung_mode"), r.get("path"), r.get("batch")) for r in result["rows"]] == [
-        ("end-to-end", "crop", "per-item", None), ("end-to-end", "crop", "batched", None),
-        ("end-to-end", "none", "per-item", None), ("end-to-end", "none", "batched", None),
-        ("forward", None, None, 1), ("forward", None, None, 2)]
+    assert [(r["stage"], r.get("lung_mode"), r.get("path"), r.get("batch"), r["precision"]) for r in result["rows"]] == [
+        ("end-to-end", "crop", "per-item", None, "float32"), ("end-to-end", "crop", "batched", None, "float32"),
+        ("end-to-end", "crop", "batched", None, "bfloat16"),
+        ("end-to-end", "none", "per-item", None, "float32"), ("end-to-end", "none", "batched", None, "float32"),
+        ("end-to-end", "none", "batched", None, "bfloat16"),
+        ("forward", None, None, 1, "float32"), ("forward", None, None, 2, "float32"),
+        ("forward", None, None, 1, "bfloat16"), ("forward", None, None, 2, "bfloat16")]
     for row in result["rows"]:
         assert row["images_per_s"] > 0 and row["ms_per_image"] == pytest.approx(1000 / row["images_per_s"], rel=0.1)
+    [agreement] = result["agreement"]  # every image of the folder, bfloat16 against float32
+    images = len(list((SAMPLE / "test").rglob("*.jpeg")))
+    assert agreement["precision"] == "bfloat16" and agreement["images"] == images
+    assert 0 <= agreement["mean_abs_diff"] <= agreement["max_abs_diff"] < 0.05
+    assert 0 <= agreement["decisions_flipped"] <= images
 
 
 def test_benchmark_export_results_file(tmp_path, monkeypatch, capsys):
@@ -174,3 +184,28 @@ def test_report_threshold_results_file(tmp_path, monkeypatch, capsys):
     assert written["predictions"] == str(tmp_path / "predictions.csv") and written["versions"]["scikit-learn"]
     assert written["device"]["cpu"] and datetime.datetime.fromisoformat(written["date"])
     assert written["confusion_matrix"] == [[3, 1], [1, 3]]
+
+
+def test_benchmark_adabn_results_file(tmp_path, monkeypatch, capsys):
+    """One checkpoint (the shipped model), 3 + 3 images per part of the real adult split: both methods on both parts."""
+    from custom.data.datalists import load_datalist, write_datalist
+
+    full = load_datalist(ROOT / "data" / "datalists" / "adult_split.json", base_dir=SHARED)
+    small = {"class_names": full["class_names"],
+             **{s: [i for c in (0, 1) for i in [i for i in full[s] if i["label"] == c][:3]]
+                for s in ("training", "validation", "test")}}
+    write_datalist(small, tmp_path / "adult.json")
+    out = run_script("benchmark_adabn.py", "--dataset_dir", SHARED, "--datalist_file", tmp_path / "adult.json",
+                     "--checkpoints", ROOT / "models" / "model.pt", "--output_dir", tmp_path / "runs",
+                     "--bootstrap_replicates", 20, "--results_file", tmp_path / "adabn.json",
+                     monkeypatch=monkeypatch, capsys=capsys)
+    result = json.loads((tmp_path / "adabn.json").read_text())
+    assert "Rule: none: unsupervised setting" in out and result["rule"].startswith("none")
+    run = result["runs"]["checkpoint0"]
+    for method in ("source", "adabn"):
+        for split in ("validation", "test"):
+            assert run[method][split]["n"] == 6 and 0 <= run[method][split]["roc_auc"] <= 1
+            assert result["summary"][method][split]["roc_auc"]["mean"] == run[method][split]["roc_auc"]
+    source = pd.read_csv(tmp_path / "runs" / "checkpoint0" / "source" / "test" / "test_predictions.csv")
+    adabn = pd.read_csv(tmp_path / "runs" / "checkpoint0" / "adabn" / "test" / "test_predictions.csv")
+    assert (source["prob_PNEUMONIA"] - adabn["prob_PNEUMONIA"]).abs().max() > 1e-3

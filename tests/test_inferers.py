@@ -1,8 +1,10 @@
+import pytest
 import torch
 
 from custom.data.transforms import LoadCXR
-from custom.models.inferers import AffineTTAInferer
-from tests.test_bundle import SAMPLE
+from custom.models.inferers import AffineTTAInferer, AutocastInferer, forward_dtype, native_bf16
+from custom.models.trained_model import bundle_config, load_bundle
+from tests.test_bundle import ROOT, SAMPLE
 
 
 def test_shift_moves_content_by_the_given_fraction():
@@ -31,3 +33,39 @@ def test_tta_logits_are_the_mean_over_views_on_a_real_image():
     assert out.shape == (1, 2)
     torch.testing.assert_close(out, torch.stack(views).mean(0))
     assert not torch.allclose(out, views[0])
+
+
+def test_forward_dtype_resolves_precision_and_auto_follows_the_hardware(monkeypatch):
+    assert forward_dtype("float32", "cpu") == torch.float32
+    assert forward_dtype("bfloat16", "cpu") == torch.bfloat16
+    for amx, avx512_bf16, expected in ((True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                       (False, False, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        assert native_bf16("cpu") is (expected == torch.bfloat16)
+        assert forward_dtype("auto", "cpu") == expected
+    with pytest.raises(ValueError, match="unknown precision 'fp8'.*float32"):
+        forward_dtype("fp8", "cpu")
+
+
+def test_autocast_inferer_float32_is_exact_and_bfloat16_agrees_on_real_images():
+    """The shipped model on the sample's real test images, as configs/inference.json preprocesses them: float32 is
+    the plain forward bit for bit; bfloat16 returns float32 logits whose probabilities stay within 0.02 of it."""
+    model = load_bundle(ROOT)
+    files = sorted((SAMPLE / "test").rglob("*.jpeg"))[:16]
+    images = torch.stack([model.preprocessing({"image": f})["image"].as_tensor() for f in files])
+    with torch.inference_mode():
+        plain = model.network(images)
+        exact = AutocastInferer(torch.float32)(images, model.network)
+        approx = AutocastInferer(torch.bfloat16)(images, model.network)
+    assert torch.equal(exact, plain)
+    assert approx.dtype == torch.float32 and approx.shape == plain.shape
+    assert not torch.equal(approx, plain)  # it did run in bfloat16
+    assert (approx.softmax(1) - plain.softmax(1)).abs().max() < 0.02
+
+
+def test_inference_config_builds_the_inferer_from_precision():
+    for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        parser = bundle_config(ROOT, "configs/inference.json", precision=precision)
+        inferer = parser.get_parsed_content("inferer")
+        assert isinstance(inferer, AutocastInferer) and inferer.dtype == dtype

@@ -69,10 +69,9 @@ def ensemble(tmp_path_factory):
 
 def test_ensemble_checkpoint_loads_through_the_bundle_and_averages_its_members(ensemble):
     path, mean_score, result, preprocessing = ensemble
-    trained = load_bundle(ROOT, ["configs/inference.json", "configs/ensemble.json"], path)
-    with torch.inference_mode():
-        x = torch.stack([preprocessing({"image": str(p)})["image"].as_tensor() for p in IMAGES])
-        probs = trained.network(x).softmax(1).numpy()
+    trained = load_bundle(ROOT, ["configs/inference.json", "configs/ensemble.json"], path, precision="float32")
+    x = torch.stack([preprocessing({"image": str(p)})["image"].as_tensor() for p in IMAGES])
+    probs = trained.probabilities(x).numpy()
     assert np.abs(probs[:, 1] - mean_score).max() < 2e-3  # members stored as float16
     labels = np.array([p.parent.name == "PNEUMONIA" for p in IMAGES], dtype=int)
     assert trained.operating_point.threshold == pytest.approx(select_threshold(labels, mean_score, "youden"), abs=1e-5)

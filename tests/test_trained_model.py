@@ -94,9 +94,8 @@ def test_shipped_model_decides_as_the_inference_config_on_real_images(tmp_path):
     model = load_bundle(ROOT)
     stored = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=True)["operating_point"]
     assert model.operating_point.state_dict() == stored
-    with torch.no_grad():
-        images = torch.stack([model.preprocessing({"image": row["file"]})["image"] for row in rows])
-        probs = torch.softmax(model.network(images), 1).numpy()
+    images = torch.stack([model.preprocessing({"image": row["file"]})["image"] for row in rows])
+    probs = model.probabilities(images).numpy()  # through the config's inferer, at its precision
     written = np.array([[float(row[f"prob_{name}"]) for name in model.class_names] for row in rows])
     np.testing.assert_allclose(probs, written, atol=1e-4)
     decided = [model.class_names[i] for i in model.operating_point.decide(probs)]

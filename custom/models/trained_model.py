@@ -183,6 +183,7 @@ class TrainedModel:
     preprocessing: the config's ``preprocessing``: {"image": file path} -> {"image": (C_in, H, W) tensor, ...}.
     provenance: how the checkpoint was trained (`custom.models.provenance`); None when not recorded.
     config: the parsed configs, for other ids (``inferer``, ``image_size``...).
+    inferer: the config's ``inferer`` (its ``precision``), as `probabilities` and the config's own runs use it.
     """
 
     network: nn.Module
@@ -191,6 +192,15 @@ class TrainedModel:
     preprocessing: Callable
     provenance: dict | None
     config: ConfigParser
+    inferer: Callable
+
+    def probabilities(self, images):
+        """(B, C_in, H, W) preprocessed images -> (B, C) float32 softmax probabilities, through the config's
+        ``inferer`` without gradient: what the config's evaluator computes for the same batch."""
+        import torch
+
+        with torch.inference_mode():
+            return torch.softmax(self.inferer(images, self.network).float(), 1)
 
 
 def load_bundle(bundle_root: str | os.PathLike = ".", config_file: str | os.PathLike | Sequence = DEFAULT_CONFIG,
@@ -210,4 +220,5 @@ def load_bundle(bundle_root: str | os.PathLike = ".", config_file: str | os.Path
                         operating_point=OperatingPoint.from_checkpoint(checkpoint),
                         class_names=bundle_info(bundle_root)["class_names"],
                         preprocessing=parser.get_parsed_content("preprocessing"),
-                        provenance=checkpoint.get("provenance"), config=parser)
+                        provenance=checkpoint.get("provenance"), config=parser,
+                        inferer=parser.get_parsed_content("inferer"))
