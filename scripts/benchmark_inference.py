@@ -7,9 +7,9 @@
 * ``forward``: the classifier forward alone (as the config builds it) at each batch size, on the preprocessed images;
 * ``precision``: the batched end-to-end and forward rows run once per `precisions` value (the config's `precision`:
   float32, or bfloat16 autocast via `custom.models.inferers.AutocastInferer`), and ``agreement`` compares the
-  bfloat16 predictions with float32 on every image of `agreement_images` (the whole official train folder by default:
-  never the test split, since the result decides the config default): max |delta P(positive)| and the decisions that
-  flip at the checkpoint's threshold.
+  bfloat16 predictions with float32 on every image of `agreement_images` (in the docs: the whole official train
+  folder, never the test split, since the result informs the config default): max |delta P(positive)| and the
+  decisions that flip at the checkpoint's threshold.
 
 End-to-end time: from the evaluator's first epoch start to its end (checkpoint loading and config parsing excluded),
 best of `repeats` after one warm-up run. Prints one JSON line: date, command, device, versions and the rows;
