@@ -20,6 +20,7 @@ best of `repeats` after one warm-up run. Prints one JSON line: date, command, de
         --agreement_images ../shared/data/pediatric_cxr/train --results_file docs/results/inference_cpu.json
 """
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -41,16 +42,22 @@ def _row(stage: str, images: int, seconds: float, **extra) -> dict:
             "ms_per_image": round(1000.0 * seconds / images, 2)}
 
 
-def end_to_end_seconds(config: str, files: list[str], overrides: dict, repeats: int) -> float:
-    """Best wall-clock seconds of one epoch of the bundle's evaluator over `files` (after a warm-up epoch)."""
-    from ignite.engine import Events
-
+@contextlib.contextmanager
+def bundle_evaluator(config: str, files: list[str], overrides: dict):
+    """(parser, evaluator, output dir) of `config` over `files`, initialised, writing into a temporary folder."""
     from custom.models.trained_model import bundle_config
 
     with tempfile.TemporaryDirectory() as out:
         parser = bundle_config(".", config, output_dir=out, datalist=[{"image": f} for f in files], **overrides)
         parser.get_parsed_content("initialize")
-        evaluator = parser.get_parsed_content("evaluator")
+        yield parser, parser.get_parsed_content("evaluator"), out
+
+
+def end_to_end_seconds(config: str, files: list[str], overrides: dict, repeats: int) -> float:
+    """Best wall-clock seconds of one epoch of the bundle's evaluator over `files` (after a warm-up epoch)."""
+    from ignite.engine import Events
+
+    with bundle_evaluator(config, files, overrides) as (_, evaluator, _):
         times = []
         evaluator.add_event_handler(Events.EPOCH_STARTED, lambda _: times.append(time.perf_counter()))
         evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda _: times.append(time.perf_counter() - times.pop()))
@@ -63,12 +70,8 @@ def predictions(config: str, files: list[str], overrides: dict) -> dict[str, flo
     """file -> P(positive) from the bundle's own run of `config` over `files`, and the threshold it applied."""
     import pandas as pd
 
-    from custom.models.trained_model import bundle_config
-
-    with tempfile.TemporaryDirectory() as out:
-        parser = bundle_config(".", config, output_dir=out, datalist=[{"image": f} for f in files], **overrides)
-        parser.get_parsed_content("initialize")
-        parser.get_parsed_content("evaluator").run()
+    with bundle_evaluator(config, files, overrides) as (parser, evaluator, out):
+        evaluator.run()
         table = pd.read_csv(Path(out, "predictions.csv"))
         threshold = parser.get_parsed_content("operating_point").threshold
     positive = parser["class_names"][-1]
@@ -79,13 +82,15 @@ def agreement(config: str, files: list[str], overrides: dict, precision: str) ->
     """`precision` against float32 on `files`: max and mean |delta P(positive)|, decisions flipped at the threshold."""
     import numpy as np
 
+    from custom.models.trained_model import is_positive
+
     ref, other = (predictions(config, files, {**overrides, "precision": p}) for p in ("float32", precision))
     names = sorted(ref["scores"])
     a, b = (np.array([run["scores"][n] for n in names]) for run in (ref, other))
     t = ref["threshold"]
     return {"precision": precision, "images": len(names), "threshold": t,
             "max_abs_diff": round(float(np.abs(a - b).max()), 6), "mean_abs_diff": round(float(np.abs(a - b).mean()), 6),
-            "decisions_flipped": int(((a >= t) != (b >= t)).sum())}
+            "decisions_flipped": int((is_positive(a, t) != is_positive(b, t)).sum())}
 
 
 def main(images: str = "data/sample/test", config: str = "configs/inference.json", ckpt_path: str = "models/model.pt",

@@ -188,13 +188,10 @@ def test_report_threshold_results_file(tmp_path, monkeypatch, capsys):
 
 def test_benchmark_adabn_results_file(tmp_path, monkeypatch, capsys):
     """One checkpoint (the shipped model), 3 + 3 images per part of the real adult split: both methods on both parts."""
-    from custom.data.datalists import load_datalist, write_datalist
+    from custom.data.datalists import write_datalist
+    from tests.test_adabn import adult_datalist
 
-    full = load_datalist(ROOT / "data" / "datalists" / "adult_split.json", base_dir=SHARED)
-    small = {"class_names": full["class_names"],
-             **{s: [i for c in (0, 1) for i in [i for i in full[s] if i["label"] == c][:3]]
-                for s in ("training", "validation", "test")}}
-    write_datalist(small, tmp_path / "adult.json")
+    write_datalist(adult_datalist(per_class=3), tmp_path / "adult.json")
     out = run_script("benchmark_adabn.py", "--dataset_dir", SHARED, "--datalist_file", tmp_path / "adult.json",
                      "--checkpoints", ROOT / "models" / "model.pt", "--output_dir", tmp_path / "runs",
                      "--bootstrap_replicates", 20, "--results_file", tmp_path / "adabn.json",

@@ -9,9 +9,6 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-LABEL_KEYS = ("label", "class_name")
-
-
 def unlabelled_images(datalist: Mapping, split: str, domain: str | None = None) -> list[dict]:
     """The items of ``datalist[split]`` (of `domain` only, when given) reduced to ``{"image": path}``: what AdaBN
     reads of the target domain, labels removed. Raises ValueError when nothing is left."""
