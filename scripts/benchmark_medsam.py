@@ -23,11 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.evaluation.benchmark import (  # noqa: E402
     REPORTED,
     RULE,
+    SPLITS,
     VALIDATION_REPORTED,
+    config_arg,
     markdown_table,
     mean_std,
     parse_list,
     pick_on_validation,
+    run_bundle,
     train_and_evaluate,
     validation_first_report,
 )
@@ -41,6 +44,7 @@ METHODS = {
     "avgmax": (FROZEN, ["--pooling", "avgmax"]),
     "attention": (FROZEN, ["--pooling", "attention"]),
     "grid": (FROZEN, ["--pooling", "grid"]),
+    "conv": (FROZEN, ["--pooling", "conv"]),
     "source_only": (DANN, ["--domain_weight", "0.0", "--contrastive_weight", "0.0"]),
     "dann": (DANN, ["--domain_weight", "1.0", "--contrastive_weight", "0.0"]),
     "contrastive": (DANN, ["--domain_weight", "0.0", "--contrastive_weight", "0.5"]),
@@ -51,10 +55,29 @@ METHODS = {
 DOMAIN_METHODS = {m for m, (configs, _) in METHODS.items() if "configs/train_dann.json" in configs}
 
 
+def evaluate_with_backend(run: Path, configs: list[str], args: list[str], backend: str) -> dict:
+    """``{split: metrics}`` of a finished run's checkpoint (its validation-picked threshold) on embeddings from another
+    encoder `backend` (e.g. exact ``openvino`` for a head trained on ``openvino-bf16`` embeddings); reused when its
+    metrics files exist."""
+    metrics = {}
+    for split in SPLITS:
+        folder = run / f"eval_{backend}_{split}"
+        if not (folder / f"{split}_metrics.json").is_file():
+            run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
+                       "--output_dir", str(folder), "--eval_split", split, *args, "--encoder_backend", backend,
+                       "--bootstrap_replicates", "0")
+        metrics[split] = json.loads((folder / f"{split}_metrics.json").read_text())
+    return metrics
+
+
 def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None,
-         methods="avg,avgmax,attention,grid,source_only,dann,contrastive,dann_contrastive", seeds="0,1,2",
-         output_dir: str = "runs/benchmark_medsam", extra: str = "") -> None:
-    """extra: more `monai.bundle` overrides for every run, e.g. ``--extra="--max_epochs 30"``."""
+         methods="avg,avgmax,attention,grid,conv,source_only,dann,contrastive,dann_contrastive", seeds="0,1,2",
+         output_dir: str = "runs/benchmark_medsam", extra: str = "", compare_backend: str | None = None,
+         results_file: str | None = None) -> None:
+    """extra: more `monai.bundle` overrides for every run, e.g. ``--extra="--max_epochs 30"``.
+    compare_backend: also evaluate every frozen-encoder run on embeddings of this encoder backend (validation and
+    test; its cache entries must exist or are computed) and report the change of ROC-AUC from the run's own backend.
+    results_file: where the summary JSON goes (default ``<output_dir>/summary.json``)."""
     methods, seeds = parse_list(methods), parse_list(seeds, int)
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -78,6 +101,11 @@ def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None
             summary["runs"][f"{method}/seed{seed}"] = {
                 "validation": {k: validation[-1][k] for k in (*VALIDATION_REPORTED, "threshold")},
                 "test": {k: test[-1][k] for k in (*REPORTED, "threshold")}}
+            if compare_backend and not domain:
+                other = evaluate_with_backend(run, configs, common, compare_backend)
+                summary["runs"][f"{method}/seed{seed}"][compare_backend] = {
+                    split: {"roc_auc": other[split]["roc_auc"], "accuracy": other[split]["accuracy"],
+                            "roc_auc_change": other[split]["roc_auc"] - metrics[split]["roc_auc"]} for split in SPLITS}
             if domain:
                 target.append(json.loads((run / "train" / "target_metrics.json").read_text()))
                 summary["runs"][f"{method}/seed{seed}"]["target"] = {k: target[-1][k] for k in REPORTED}
@@ -86,10 +114,18 @@ def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None
         if domain:
             summary["target"][method] = mean_std(target)
     summary["winner"] = pick_on_validation(summary["validation"])
-    write_json(summary, Path(output_dir, "summary.json"))
+    if compare_backend:
+        changes = {split: [r[compare_backend][split]["roc_auc_change"] for r in summary["runs"].values()
+                           if compare_backend in r] for split in SPLITS}
+        summary["backend_comparison"] = {"backend": compare_backend, **{
+            split: {"max_abs_roc_auc_change": max(map(abs, c)), "mean_roc_auc_change": sum(c) / len(c)}
+            for split, c in changes.items() if c}}
+    write_json(summary, results_file or Path(output_dir, "summary.json"))
     print(validation_first_report(summary, len(seeds)))
     if summary["target"]:
         print("\nTarget: labelled evaluation part\n" + markdown_table(summary["target"], len(seeds)))
+    if "backend_comparison" in summary:
+        print(f"\nROC-AUC change on {compare_backend} embeddings: {json.dumps(summary['backend_comparison'])}")
 
 
 if __name__ == "__main__":

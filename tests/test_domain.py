@@ -55,7 +55,7 @@ def common_args(tmp: Path) -> tuple[str, ...]:
 
 @pytest.fixture(scope="module")
 def embeddings(dann) -> dict:
-    """Real cached (256, 8, 8) float16 maps of the run above: source maps + labels, target maps."""
+    """Real cached (256, 16, 16) float16 maps of the run above: source maps + labels, target maps."""
     by_source = {}
     for entry in (dann / "cache").rglob("*.pt"):
         stored = torch.load(entry, map_location="cpu", weights_only=True)
@@ -213,24 +213,35 @@ def test_bundle_dann_with_contrastive_term(dann):
 
 
 def test_benchmark_medsam_aggregates_source_and_target_metrics_over_seeds(dann):
-    """scripts/benchmark_medsam.py: pooling and DANN methods over 2 seeds from the cached embeddings of the run above."""
+    """scripts/benchmark_medsam.py: pooling and DANN methods over 2 seeds from the cached embeddings of the run above;
+    the frozen-head runs are also evaluated on the exact OpenVINO float32 embeddings (`--compare_backend`)."""
+    from custom.models.export import openvino_supports_bf16
+
     datalist = json.loads((dann / "datalist.json").read_text())
     (dann / "bench_datalist.json").write_text(json.dumps({**datalist, "test": datalist["validation"]}))
     output = dann / "benchmark"
     args = [sys.executable, "scripts/benchmark_medsam.py", "--dataset_dir", str(SAMPLE), "--cache_dir", str(dann / "cache"),
             "--target_dataset_dir", str(dann / "target"), "--methods", "avg,dann", "--seeds", "0,1",
-            "--output_dir", str(output),
+            "--output_dir", str(output), "--compare_backend", "openvino", "--results_file", str(dann / "medsam.json"),
             f"--extra=--datalist_file {dann / 'bench_datalist.json'} --max_epochs 1 --batch_size 2 --target_test_fraction 0.34"]
     subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
-    summary = json.loads((output / "summary.json").read_text())
+    summary = json.loads((dann / "medsam.json").read_text())
     assert set(summary["test"]) == {"avg", "dann"} and set(summary["target"]) == {"dann"}, "target only for DANN methods"
     for split, method in (("test", "avg"), ("test", "dann"), ("target", "dann")):
         runs = [summary["runs"][f"{method}/seed{s}"][split] for s in (0, 1)]
         assert summary[split][method]["roc_auc"]["mean"] == pytest.approx((runs[0]["roc_auc"] + runs[1]["roc_auc"]) / 2)
     assert json.loads((output / "dann" / "seed1" / "eval" / "test_metrics.json").read_text())["n"] == 2
-    assert len(list((dann / "cache").rglob("*.pt"))) == 14, "the benchmark must reuse the embedding cache"
+    compared = summary["runs"]["avg/seed0"]["openvino"]["test"]
+    assert compared["roc_auc_change"] == pytest.approx(compared["roc_auc"] - summary["runs"]["avg/seed0"]["test"]["roc_auc"])
+    assert "openvino" not in summary["runs"]["dann/seed0"], "domain methods are not re-evaluated"
+    assert summary["backend_comparison"]["backend"] == "openvino"
+    assert summary["backend_comparison"]["test"]["max_abs_roc_auc_change"] >= 0
+    # bf16 CPUs: the exact backend adds entries for the 2 evaluation images; elsewhere both backends share them
+    entries = 14 + (2 if openvino_supports_bf16() else 0)
+    assert len(list((dann / "cache").rglob("*.pt"))) == entries, "the benchmark must reuse the embedding cache"
     again = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
     assert "| dann | 2 |" in again.stdout and "Epoch" not in again.stderr, "finished runs must be reused"
+    assert "ROC-AUC change on openvino embeddings" in again.stdout
 
 
 def test_bundle_dann_with_augmentation_trains_live_encoder_stages_on_augmented_images(dann, tmp_path):

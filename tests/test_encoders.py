@@ -185,6 +185,25 @@ def test_pooling_shapes_and_values():
         build_pooling("gem")
 
 
+def test_conv_pooling_sees_where_a_pattern_is_and_trains():
+    """The convolutional head (two 3x3 convs + attention pooling) maps any map size to (B, 128); unlike global average
+    pooling it separates two maps with the same mean and a different spatial arrangement, and its convolutions get
+    gradients."""
+    torch.manual_seed(0)
+    conv = build_pooling("conv").eval()
+    assert conv.out_features == 128 and conv(torch.randn(2, 256, 16, 16)).shape == (2, 128)
+    assert conv(torch.randn(2, 256, 8, 8)).shape == (2, 128)
+    spread_out = torch.zeros(1, 256, 16, 16)
+    spread_out[..., ::4, ::4] = 1.0
+    clumped = torch.zeros(1, 256, 16, 16)
+    clumped[..., :4, :4] = 1.0
+    assert torch.allclose(AvgPool()(spread_out), AvgPool()(clumped))
+    assert not torch.allclose(conv(spread_out), conv(clumped), atol=1e-4)
+    conv.train()
+    conv(torch.randn(4, 256, 16, 16)).sum().backward()
+    assert conv.conv[0].weight.grad.abs().sum() > 0 and conv.pool.score.weight.grad.abs().sum() > 0
+
+
 def test_mlp_head_layers_and_outputs():
     head = MLPHead()
     linears = [(m.in_features, m.out_features) for m in head if isinstance(m, nn.Linear)]

@@ -138,8 +138,42 @@ def test_onnxruntime_litemedsam_streams_keep_order_and_values(lite_inputs, tmp_p
         reference, out = single(batch), double(batch)
     assert torch.allclose(out, reference, atol=1e-5)
     assert torch.allclose(out[2], out[0], atol=1e-5) and not torch.allclose(out[1], out[0], atol=1e-2)
-    with pytest.raises(ValueError, match="needs an onnxruntime backend"):
+    with pytest.raises(ValueError, match="needs an onnxruntime or openvino backend"):
         build_encoder("lite", backend="torch", streams=2)
+
+
+def test_openvino_litemedsam_f32_is_exact_and_shares_cache_keys(lite_inputs, tmp_path):
+    """OpenVINO float32 from the same ONNX export: eager's embeddings (cosine >= 0.999) and cache entries; two
+    concurrent requests keep the input order."""
+    eager, x = lite_inputs
+    fast = build_encoder("lite", backend="openvino", onnx_path=tmp_path / "lite.onnx", streams=2)
+    batch = torch.cat([x, x[:1]])
+    with torch.inference_mode():
+        reference, out = eager(batch), fast(batch)
+    assert out.dtype == torch.float32 and out.shape == reference.shape
+    assert F.cosine_similarity(reference.flatten(1), out.flatten(1)).min() >= 0.999
+    assert fast.variant == eager.variant
+    assert EmbeddingCache(tmp_path, fast).key(IMAGES[1]) == EmbeddingCache(tmp_path, eager).key(IMAGES[1])
+    with pytest.raises(ValueError, match=r"expects \(B, 3, 256, 256\)"):
+        fast(x[:, :, :128])
+
+
+def test_openvino_bf16_is_approximate_with_its_own_cache_keys_or_falls_back(lite_inputs, tmp_path, caplog):
+    """Where the CPU has native bf16: variant lite+ov-bf16, close to eager but not equal; elsewhere float32 with the
+    eager variant and a warning."""
+    from custom.models.export import openvino_supports_bf16
+
+    eager, x = lite_inputs
+    bf16 = build_encoder("lite", backend="openvino-bf16", onnx_path=tmp_path / "lite.onnx")
+    with torch.inference_mode():
+        cosine = F.cosine_similarity(eager(x).flatten(1), bf16(x).flatten(1))
+    if openvino_supports_bf16():
+        assert bf16.variant == "lite+ov-bf16" and bf16.net.precision == "bf16"
+        assert EmbeddingCache(tmp_path, bf16).key(IMAGES[1]) != EmbeddingCache(tmp_path, eager).key(IMAGES[1])
+        assert 0.99 < cosine.min().item() and cosine.max().item() < 1.0 - 1e-6
+    else:
+        assert bf16.variant == "lite" and bf16.net.precision == "f32" and "no native bfloat16" in caplog.text
+        assert cosine.min().item() >= 0.999
 
 
 def test_int8_litemedsam_is_approximate_with_its_own_cache_keys(lite_inputs, tmp_path):

@@ -106,7 +106,7 @@ def test_embedding_cache_killed_with_sigkill_leaves_no_corrupt_entry(tmp_path):
     assert 1 <= len(entries) < len(images), "the run finished before the kill: nothing tested"
     for entry in entries:  # every entry under its final name is complete and consistent
         stored = torch.load(entry, map_location="cpu", weights_only=True)
-        assert stored["key"] == entry.stem and tuple(stored["embedding"].shape) == (256, 8, 8)
+        assert stored["key"] == entry.stem and tuple(stored["embedding"].shape) == (256, 16, 16)
         import hashlib
 
         assert hashlib.sha256(stored["embedding"].contiguous().numpy().tobytes()).hexdigest() == stored["sha256"]

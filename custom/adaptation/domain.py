@@ -50,7 +50,7 @@ def dann_lambda(progress: float, gamma: float = 10.0) -> float:
 
 
 class DANNClassifier(nn.Module):
-    """Classifier on (B, 256, h, w) feature maps (the cache's float16 (B, 256, 8, 8) is fine) with a domain head.
+    """Classifier on (B, 256, h, w) feature maps (the cache's float16 (B, 256, 16, 16) is fine) with a domain head.
 
     ``features``: trainable extractor, 1x1 conv 256 -> 256 + GELU, `custom.medsam.heads.build_pooling`, Linear to
     ``feature_dim`` + GELU: (B, 256, h, w) -> (B, feature_dim). ``label_head``: `MLPHead` -> (B, num_classes) logits.
@@ -105,7 +105,7 @@ class MedSAMDANNClassifier(DANNClassifier):
         encoder: e.g. ``custom.medsam.encoders.build_encoder("lite")``.
         trainable_stages: how many of the encoder's last stages (`encoder_stages`, the neck counting as one) train
             with the adapter, under the gradient reversal; 0 = frozen encoder (eval mode, no autograd graph).
-        map_size: grid the 64x64 map is average-pooled to (8 = the cache's, so weights carry over).
+        map_size: grid the 64x64 map is average-pooled to (16 = the cache's, so weights carry over).
         other args: as `DANNClassifier`.
     """
 

@@ -1,10 +1,11 @@
 """On-disk cache of frozen MedSAM encoder feature maps, so a head trains in seconds per epoch instead of re-encoding.
 
-Stored per image: the (256, 64, 64) image embedding adaptive-average-pooled to (256, 8, 8), float16 (32 KiB of
-data, about 35 KB per file; the full map would be 2 MiB). Trade-off: average pooling is exact (the mean of the 8x8
-grid is the mean of the 64x64 map); max and attention pooling see 64 means of 8x8 patches instead of 4096 positions,
-so they lose fine localisation; float16 keeps about 3 significant digits. `custom.medsam.heads.MedSAMClassifier`
-(map_size=8) pools the same way, so a head trained on the cache runs unchanged on images.
+Stored per image: the (256, 64, 64) image embedding adaptive-average-pooled to (256, m, m), float16, m = map_size
+(default 16: 128 KiB of data, about 131 KB per file, 0.13 GB per 1,000 images; m = 8: 32 KiB; the full map would be
+2 MiB). Trade-off: average pooling is exact (the mean of the m x m grid is the mean of the 64x64 map); max,
+attention and convolutional heads see m*m means of patches instead of 4096 positions, so they lose fine
+localisation; float16 keeps about 3 significant digits. `custom.medsam.heads.MedSAMClassifier`
+(map_size=16) pools the same way, so a head trained on the cache runs unchanged on images.
 
 Layout: ``cache_dir/<key[:2]>/<key>.pt``, one ``torch.save`` file per image holding ``{"key", "embedding",
 "sha256", "source"}``, written to a temp file beside it and moved into place with ``os.replace``. An entry counts as
@@ -65,7 +66,7 @@ class EmbeddingCache:
             ``weights_sha256``), (B, 3, S, S) -> (B, 256, 64, 64). Moved to `device` and eval mode when computing.
         variant: encoder name in the key; None = ``encoder.variant``.
         preprocess_desc: `Preprocessing` or a mapping of its fields; None = ``encoder.input_size`` and
-            ``encoder.keep_aspect`` (the MedSAM pipeline of that encoder), map_size 8.
+            ``encoder.keep_aspect`` (the MedSAM pipeline of that encoder), map_size 16.
 
     Counters (cumulative): ``hits`` / ``misses``: distinct entries found on disk / not found (then computed, or
     failed: unreadable images are retried on every call); ``corrupt``: bad entries found (they count as misses).
@@ -109,7 +110,7 @@ class EmbeddingCache:
 
     def get_or_compute(self, paths: Sequence[str | os.PathLike], batch_size: int = 8,
                        device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
-        """(N, 256, m, m) float16 maps (CPU; m = map_size, 8) of `paths` in order, computing and storing missing ones.
+        """(N, 256, m, m) float16 maps (CPU; m = map_size) of `paths` in order, computing and storing missing ones.
 
         Unreadable images are skipped, not fatal: N counts the paths that are not in ``self.failed`` afterwards
         (path -> (stage, reason), also logged). Images with the same bytes share one entry and are encoded once.
@@ -205,7 +206,7 @@ class EmbeddingCache:
 def cached_embedding_datalist(items: Sequence[Mapping], cache: EmbeddingCache, image_key: str = "image",
                               batch_size: int = 8, device: str | torch.device = "cpu",
                               progress: bool = True) -> list[dict]:
-    """MONAI datalist items -> copies with ``"embedding"``: the (256, 8, 8) float16 map of ``item[image_key]``.
+    """MONAI datalist items -> copies with ``"embedding"``: the (256, m, m) float16 map of ``item[image_key]``.
 
     Every other field (label, class_name, patient_id, ...) is kept. Items whose image cannot be embedded are dropped
     and logged (``cache.failed`` says why). Train with `EmbeddingClassifier` and

@@ -138,7 +138,7 @@ class MedSAMViTBEncoder(_MedSAMImageEncoder):
 
 
 ENCODERS = {"lite": LiteMedSAMEncoder, "vit_b": MedSAMViTBEncoder}
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8")
+BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16")
 
 
 class AutocastEncoder(_MedSAMImageEncoder):
@@ -168,6 +168,17 @@ def onnx_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxr-pneumonia" / "onnx"
 
 
+def exported_onnx(encoder: _MedSAMImageEncoder, path: str | os.PathLike | None = None) -> Path:
+    """The eager `encoder`'s float32 ONNX export (batch 1) at `path`, written there on first use; None =
+    ``onnx_cache_dir() / "<variant>-<weights sha256[:16]>.onnx"``."""
+    from custom.models.export import export_onnx
+
+    path = Path(path) if path is not None else onnx_cache_dir() / f"{encoder.variant}-{encoder.weights_sha256[:16]}.onnx"
+    if not path.is_file():
+        export_onnx(encoder.net, path, (1, 3, encoder.input_size, encoder.input_size), dynamic_batch=False)
+    return path
+
+
 class OnnxEncoder(_MedSAMImageEncoder):
     """A MedSAM encoder run by ONNX Runtime on CPU: same input, output, preprocessing and weights fingerprint as the
     eager `encoder` it is exported from, (B, 3, S, S) in [0, 1] -> (B, 256, 64, 64).
@@ -187,20 +198,48 @@ class OnnxEncoder(_MedSAMImageEncoder):
     def __init__(self, encoder: _MedSAMImageEncoder, onnx_path: str | os.PathLike | None = None, int8: bool = False,
                  threads: int | None = None, streams: int = 1):
         super().__init__()
-        from custom.models.export import OnnxModule, export_onnx, quantize_int8
+        from custom.models.export import OnnxModule, quantize_int8
 
         self.variant = f"{encoder.variant}+ort-int8" if int8 else encoder.variant
         self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
         self.weights_path, self.weights_sha256 = encoder.weights_path, encoder.weights_sha256
-        stem = f"{encoder.variant}-{encoder.weights_sha256[:16]}{'-int8' if int8 else ''}"
-        path = Path(onnx_path) if onnx_path is not None else onnx_cache_dir() / f"{stem}.onnx"
-        shape = (1, 3, self.input_size, self.input_size)
-        if not path.is_file() and not int8:
-            export_onnx(encoder.net, path, shape, dynamic_batch=False)
-        elif not path.is_file():
-            with tempfile.TemporaryDirectory() as tmp:
-                quantize_int8(export_onnx(encoder.net, Path(tmp) / "fp32.onnx", shape, dynamic_batch=False), path)
+        if not int8:
+            path = exported_onnx(encoder, onnx_path)
+        else:
+            stem = f"{encoder.variant}-{encoder.weights_sha256[:16]}-int8"
+            path = Path(onnx_path) if onnx_path is not None else onnx_cache_dir() / f"{stem}.onnx"
+            if not path.is_file():
+                with tempfile.TemporaryDirectory() as tmp:
+                    quantize_int8(exported_onnx(encoder, Path(tmp) / "fp32.onnx"), path)
         self.net = OnnxModule(path, threads, streams)
+        self.eval()
+
+
+class OpenVinoEncoder(_MedSAMImageEncoder):
+    """A MedSAM encoder compiled by OpenVINO for the CPU from the ONNX export `OnnxEncoder` uses (same file, same
+    input, output, preprocessing and weights fingerprint): (B, 3, S, S) in [0, 1] -> (B, 256, 64, 64).
+
+    ``bf16=False`` is exact (float32; keeps the eager ``variant`` and shares its cache entries). ``bf16=True`` runs
+    OpenVINO's bfloat16 inference precision where the CPU has it natively (AVX-512 BF16 / AMX): approximate, variant
+    ``"<variant>+ov-bf16"`` (own cache entries); on other CPUs it falls back to float32, with a warning, and keeps the
+    eager variant, so a cache never mixes the two. ``streams`` requests run concurrently (2 on a 2-core CPU is faster,
+    same outputs). Speeds and agreement: docs/benchmarks.md, "Export paths on the CPU".
+    """
+
+    def __init__(self, encoder: _MedSAMImageEncoder, onnx_path: str | os.PathLike | None = None, bf16: bool = False,
+                 threads: int | None = None, streams: int = 1):
+        super().__init__()
+        import logging
+
+        from custom.models.export import OpenVinoModule, openvino_supports_bf16
+
+        if bf16 and not openvino_supports_bf16():
+            logging.getLogger(__name__).warning("OpenVINO: no native bfloat16 on this CPU; the encoder runs in float32")
+            bf16 = False
+        self.variant = f"{encoder.variant}+ov-bf16" if bf16 else encoder.variant
+        self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
+        self.weights_path, self.weights_sha256 = encoder.weights_path, encoder.weights_sha256
+        self.net = OpenVinoModule(exported_onnx(encoder, onnx_path), "bf16" if bf16 else "f32", threads, streams)
         self.eval()
 
 
@@ -209,20 +248,24 @@ def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = 
     """Encoder in eval mode: ``"lite"`` (packaged LiteMedSAM, or `checkpoint`) or ``"vit_b"`` (needs `checkpoint`).
 
     backend: ``"torch"`` (eager fp32), ``"torch-bf16"`` (eager under bf16 autocast, approximate: `AutocastEncoder`),
-    ``"onnxruntime"`` (exact, faster on CPU) or ``"onnxruntime-int8"`` (approximate); approximate backends get their
-    own cache entries. See `OnnxEncoder` (`onnx_path`: its exported file; `streams`: concurrent sessions).
+    ``"onnxruntime"`` (exact, faster on CPU), ``"onnxruntime-int8"`` (approximate), ``"openvino"`` (exact) or
+    ``"openvino-bf16"`` (approximate where the CPU has bf16, the fastest CPU path; else exact float32); approximate
+    backends get their own cache entries. See `OnnxEncoder` and `OpenVinoEncoder` (`onnx_path`: the exported file;
+    `streams`: concurrent sessions / requests).
     """
     if variant not in ENCODERS:
         raise ValueError(f"unknown encoder variant {variant!r}; choose one of {sorted(ENCODERS)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown encoder backend {backend!r}; choose one of {list(BACKENDS)}")
-    if streams != 1 and not backend.startswith("onnxruntime"):
-        raise ValueError(f"streams={streams} needs an onnxruntime backend, got {backend!r}")
+    if streams != 1 and not backend.startswith(("onnxruntime", "openvino")):
+        raise ValueError(f"streams={streams} needs an onnxruntime or openvino backend, got {backend!r}")
     encoder = ENCODERS[variant](checkpoint)
     if backend == "torch":
         return encoder
     if backend == "torch-bf16":
         return AutocastEncoder(encoder)
+    if backend.startswith("openvino"):
+        return OpenVinoEncoder(encoder, onnx_path, bf16=backend == "openvino-bf16", streams=streams)
     return OnnxEncoder(encoder, onnx_path, int8=backend == "onnxruntime-int8", streams=streams)
 
 

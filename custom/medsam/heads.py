@@ -11,7 +11,7 @@ from torch import nn
 
 from custom.medsam.encoders import EMBED_DIM
 
-POOLED_MAP_SIZE = 8  # the cache stores (256, 8, 8) maps; MedSAMClassifier pools its (256, 64, 64) map to the same
+POOLED_MAP_SIZE = 16  # the cache stores (256, 16, 16) maps; MedSAMClassifier pools its (256, 64, 64) map to the same
 
 
 class AvgPool(nn.Module):
@@ -63,12 +63,30 @@ class GridPool(nn.Module):
         return F.adaptive_avg_pool2d(x, self.grid).flatten(1)
 
 
-POOLINGS = {"avg": AvgPool, "avgmax": AvgMaxPool, "attention": AttentionPool, "grid": GridPool}
+class ConvAttentionPool(nn.Module):
+    """A small spatial head: two 3x3 convolutions (C -> width -> width, BatchNorm + ReLU each) over the map, then
+    `AttentionPool`: (B, C, h, w) -> (B, width). Learns local patterns of the frozen map (e.g. on the cache's 16x16
+    grid) that global pooling cannot; 0.44 M parameters at C=256, width=128."""
+
+    def __init__(self, channels: int = EMBED_DIM, width: int = 128):
+        super().__init__()
+        self.out_features = width
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.pool = AttentionPool(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))
+
+
+POOLINGS = {"avg": AvgPool, "avgmax": AvgMaxPool, "attention": AttentionPool, "grid": GridPool,
+            "conv": ConvAttentionPool}
 
 
 def build_pooling(name: str, channels: int = EMBED_DIM) -> nn.Module:
-    """``"avg"`` (B, C), ``"avgmax"`` (B, 2C), ``"attention"`` (B, C) or ``"grid"`` (B, 16C, a 4x4 grid); the
-    module's ``out_features`` says which."""
+    """``"avg"`` (B, C), ``"avgmax"`` (B, 2C), ``"attention"`` (B, C), ``"grid"`` (B, 16C, a 4x4 grid) or ``"conv"``
+    (B, 128: convolutions + attention); the module's ``out_features`` says which."""
     if name not in POOLINGS:
         raise ValueError(f"unknown pooling {name!r}; choose one of {sorted(POOLINGS)}")
     return POOLINGS[name](channels)
@@ -92,7 +110,7 @@ class MLPHead(nn.Sequential):
 
 
 class EmbeddingClassifier(nn.Module):
-    """Pooling + head on feature maps, e.g. the cache's (B, 256, 8, 8) float16 maps -> (B, num_classes) float32 logits.
+    """Pooling + head on feature maps, e.g. the cache's (B, 256, 16, 16) float16 maps -> (B, num_classes) float32 logits.
 
     Args:
         pooling: a name for `build_pooling` or a pooling module with ``out_features``.
@@ -121,7 +139,7 @@ class MedSAMClassifier(nn.Module):
             embedding cache loads with ``model.classifier.load_state_dict(...)``).
         freeze_encoder: True keeps the encoder in eval mode (BatchNorm statistics fixed, also under ``.train()``),
             with ``requires_grad=False`` and no autograd graph; settable later (``model.freeze_encoder = False``).
-        map_size: side of the grid the 64x64 map is average-pooled to before ``pooling`` (8 = what the cache stores,
+        map_size: side of the grid the 64x64 map is average-pooled to before ``pooling`` (16 = what the cache stores,
             so cache-trained heads see the same input; average pooling is unaffected). None keeps 64x64.
     """
 

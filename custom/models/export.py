@@ -192,3 +192,62 @@ class OnnxModule(nn.Module):
                 by_stream = list(pool.map(run_stream, range(streams)))
         outputs = [by_stream[i % streams][i // streams] for i in range(len(chunks))]
         return torch.from_numpy(np.concatenate(outputs)).to(x.device)
+
+
+def openvino_supports_bf16() -> bool:
+    """True when OpenVINO's CPU plugin reports native bfloat16 (AVX-512 BF16 or AMX), so a bf16 hint is honoured."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoModule(nn.Module):
+    """An ONNX file (as `export_onnx` writes) compiled by OpenVINO for the CPU: (B, C, H, W) tensor -> float32 output
+    on the input's device, one image per inference request, `streams` requests in flight. No autograd.
+
+    Args:
+        path: ``.onnx`` file with one input and one output.
+        precision: ``"f32"`` (exact up to float32 rounding) or ``"bf16"`` (OpenVINO's bfloat16 inference
+            precision, approximate; needs `openvino_supports_bf16`, else ValueError: callers decide the fallback).
+        threads: CPU threads in all (None = ``torch.get_num_threads()``).
+        streams: OpenVINO CPU streams (concurrent requests, threads split between them).
+    """
+
+    def __init__(self, path: str | os.PathLike, precision: str = "f32", threads: int | None = None, streams: int = 1):
+        super().__init__()
+        import openvino as ov
+
+        if precision not in ("f32", "bf16"):
+            raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
+        if precision == "bf16" and not openvino_supports_bf16():
+            raise ValueError("this CPU has no native bfloat16 (AVX-512 BF16 / AMX) for OpenVINO; use precision='f32'")
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX model not found (export it with scripts/export.py)")
+        self.path, self.precision = str(path.resolve()), precision
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                  "NUM_STREAMS": streams}
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: OpenVINO cannot compile this model ({' '.join(str(e).split())[:300]})") from e
+        if len(self.compiled.inputs) != 1:
+            raise ValueError(f"{path}: expected one input, the model has {len(self.compiled.inputs)}")
+        self.input_shape = tuple(self.compiled.input(0).get_partial_shape().to_shape())
+        self.requests = ov.AsyncInferQueue(self.compiled, streams)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = torch.as_tensor(x).detach().cpu().float().numpy()
+        if array.ndim != len(self.input_shape) or array.shape[1:] != self.input_shape[1:] or not len(array):
+            raise ValueError(f"{self.path} expects input shape (B>=1, {', '.join(map(str, self.input_shape[1:]))}), "
+                             f"got {tuple(array.shape)}")
+        outputs = [None] * len(array)
+
+        def keep(request, index):
+            outputs[index] = request.get_output_tensor(0).data.copy()
+
+        self.requests.set_callback(keep)
+        for i in range(len(array)):
+            self.requests.start_async({0: np.ascontiguousarray(array[i:i + 1])}, userdata=i)
+        self.requests.wait_all()
+        return torch.from_numpy(np.concatenate(outputs)).to(x.device)
