@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from custom.evaluation.metrics import binary_metrics
 from custom.evaluation.timing import cpu_model, run_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,3 +207,39 @@ def test_benchmark_adabn_results_file(tmp_path, monkeypatch, capsys):
     source = pd.read_csv(tmp_path / "runs" / "checkpoint0" / "source" / "test" / "test_predictions.csv")
     adabn = pd.read_csv(tmp_path / "runs" / "checkpoint0" / "adabn" / "test" / "test_predictions.csv")
     assert (source["prob_PNEUMONIA"] - adabn["prob_PNEUMONIA"]).abs().max() > 1e-3
+
+
+def test_benchmark_fusion_averages_the_two_models_and_decides_on_validation(tmp_path, monkeypatch, capsys):
+    """Real predictions of the shipped CNN and MedSAM head (docs/results) laid out as benchmark runs of one seed."""
+    for name, source in (("cnn", "shipped_model"), ("medsam", "shipped_medsam")):
+        for split, folder in (("validation", "eval_validation"), ("test", "eval")):
+            (tmp_path / name / "seed0" / folder).mkdir(parents=True)
+            table = pd.read_csv(ROOT / "docs" / "results" / f"{source}_{split}" / f"{split}_predictions.csv")
+            table.to_csv(tmp_path / name / "seed0" / folder / f"{split}_predictions.csv", index=False)
+    out = run_script("benchmark_fusion.py", "--a", str(tmp_path / "cnn" / "seed{seed}"), "--b",
+                     str(tmp_path / "medsam" / "seed{seed}"), "--names", "cnn,medsam", "--seeds", "0", "--n_boot", "50",
+                     "--results_file", tmp_path / "fusion.json", monkeypatch=monkeypatch, capsys=capsys)
+    result = json.loads((tmp_path / "fusion.json").read_text())
+    assert "Validation (decides)" in out and out.index("Validation (decides)") < out.index("Test (reported")
+    seed = result["per_seed"]["seed0"]
+    aucs = {m: seed[m]["validation"]["roc_auc"] for m in ("cnn", "medsam", "fusion")}
+    assert result["winner"] == max(aucs, key=aucs.get)
+    paired = seed["paired_fusion_minus_best_single"]
+    assert paired["single"] == max(("cnn", "medsam"), key=aucs.get)
+    assert paired["validation"]["roc_auc"]["b"] == pytest.approx(aucs["fusion"])
+    assert result["fusion_worth_it"] == (result["winner"] == "fusion" and paired["validation"]["roc_auc"]["low"] > 0)
+    for split in ("validation", "test"):  # the fusion's score is the mean of the two probabilities
+        a, b = (pd.read_csv(tmp_path / m / "seed0" / ("eval_validation" if split == "validation" else "eval")
+                            / f"{split}_predictions.csv").sort_values("file") for m in ("cnn", "medsam"))
+        fused = binary_metrics((a["true_label"] == "PNEUMONIA").to_numpy(),
+                               (a["prob_PNEUMONIA"].to_numpy() + b["prob_PNEUMONIA"].to_numpy()) / 2,
+                               seed["fusion"]["validation"]["threshold"])
+        assert seed["fusion"][split]["roc_auc"] == pytest.approx(fused["roc_auc"])
+        assert seed["fusion"][split]["accuracy"] == pytest.approx(fused["accuracy"])
+    # a run that scored other images is refused, naming its file
+    table = pd.read_csv(tmp_path / "medsam" / "seed0" / "eval" / "test_predictions.csv")
+    table.iloc[1:].to_csv(tmp_path / "medsam" / "seed0" / "eval" / "test_predictions.csv", index=False)
+    with pytest.raises(ValueError, match=r"medsam/seed0/eval/test_predictions\.csv: other images than"):
+        run_script("benchmark_fusion.py", "--a", str(tmp_path / "cnn" / "seed{seed}"), "--b",
+                   str(tmp_path / "medsam" / "seed{seed}"), "--seeds", "0", "--n_boot", "10",
+                   "--results_file", tmp_path / "fusion2.json", monkeypatch=monkeypatch, capsys=capsys)

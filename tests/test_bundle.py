@@ -267,6 +267,31 @@ def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
     assert len(rows) == 2 and all(0.0 <= float(r["prob_PNEUMONIA"]) <= 1.0 for r in rows)
 
 
+def test_shipped_medsam_model_runs_on_images_with_no_other_argument(tmp_path):
+    """`models/medsam_head.pt` behind the LiteMedSAM encoder, run on official-test images by the README's command
+    alone: the same probabilities (live encoder vs the cached embeddings its evaluation used; float16 cache and,
+    on a CPU without native bf16, the float32 fallback stay within 0.05; 8e-5 on the AMX CPU of 2026-12-03) and
+    decisions as its recorded results."""
+    recorded = {Path(r["file"]).name: r for r in csv.DictReader(open(ROOT / "docs/results/shipped_medsam_test/test_predictions.csv"))}
+    test = SHARED / "pediatric_cxr" / "test"
+    images = sorted((test / "NORMAL").glob("*.jpeg"))[:3] + sorted((test / "PNEUMONIA").glob("*.jpeg"))[:3]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in images:
+        shutil.copy(p, folder / p.name)
+    bundle("run", "--config_file", "['configs/inference.json','configs/inference_medsam.json']",
+           "--dataset_dir", str(folder), "--output_dir", str(tmp_path / "out"))
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert sorted(Path(r["file"]).name for r in rows) == sorted(p.name for p in images)
+    assert list(csv.DictReader(open(tmp_path / "out" / "bad_files.csv"))) == []
+    threshold = torch.load(ROOT / "models" / "medsam_head.pt", weights_only=False)["operating_point"]["threshold"]
+    for row in rows:
+        expected = recorded[Path(row["file"]).name]
+        assert float(row["prob_PNEUMONIA"]) == pytest.approx(float(expected["prob_PNEUMONIA"]), abs=0.05), row
+        if abs(float(expected["prob_PNEUMONIA"]) - threshold) > 0.05:  # not at the operating point
+            assert row["predicted_label"] == expected["predicted_label"], row
+
+
 def test_ckpt_export_torchscript_matches_eager(tmp_path):
     """`monai.bundle ckpt_export` of the shipped model; TorchScript and eager agree on real images."""
     from monai.bundle import ConfigParser

@@ -120,7 +120,9 @@ def test_head_only_checkpoint_loads_into_the_medsam_classifier_and_other_pooling
     torch.manual_seed(0)
     head = EmbeddingClassifier("avg", num_classes=2)
     path = save_with_training_handler(tmp_path, {"model": head, "operating_point": OperatingPoint(0.42, "youden")})
-    model = load_bundle(ROOT, MEDSAM, ckpt_path=path)
+    with pytest.raises(ValueError, match=r"pooling\.conv\.0\.weight' \(128, 256, 3, 3\) of the network is missing"):
+        load_bundle(ROOT, MEDSAM, ckpt_path=path)  # the default pooling is conv
+    model = load_bundle(ROOT, MEDSAM, ckpt_path=path, pooling="avg")
     for name, tensor in head.state_dict().items():
         torch.testing.assert_close(model.network.classifier.state_dict()[name], tensor, rtol=0, atol=0)
     assert model.operating_point.threshold == 0.42
@@ -132,6 +134,13 @@ def test_head_only_checkpoint_loads_into_the_medsam_classifier_and_other_pooling
         load_weights(model.network.classifier, path)
     assert str(err.value).startswith(f"{path}: 'model' weights do not fit the network EmbeddingClassifier")
     assert "in the checkpoint but (" in str(err.value) and "(128, 512)" in str(err.value)
+
+
+def test_medsam_configs_load_the_shipped_head_by_default():
+    model = load_bundle(ROOT, MEDSAM)
+    assert Path(model.config.get_parsed_content("ckpt_path")).resolve() == ROOT / "models" / "medsam_head.pt"
+    assert model.provenance["seed"] == 0 and not model.provenance["git"]["dirty"]
+    assert type(model.network.classifier.pooling).__name__ == "ConvAttentionPool"
 
 
 def test_bad_checkpoints_are_named(tmp_path):

@@ -10,6 +10,9 @@ and `models/model.pt` (`{"model": state_dict, "operating_point": {...}}`). Three
   the server's own and stays a 500 (the server logs its traceback);
 - the JSON answer adds the label decided at the checkpoint's operating point (`custom.models.trained_model`), so it matches
   the bundle's own `inference.json` prediction (`predictions.csv`).
+
+`MedSAMClassificationInfer` serves the bundle's second model the same way: `configs/inference_medsam.json` merged
+over `configs/inference.json` (LiteMedSAM encoder + head) and the head checkpoint `models/medsam_head.pt`.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import tempfile
 from pathlib import Path
 
 from fastapi import HTTPException
+from monai.bundle import ConfigParser
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
 from custom.data.transforms import UnreadableImageError
-from custom.models.trained_model import OperatingPoint, bundle_info, load_checkpoint
+from custom.models.trained_model import OperatingPoint, bundle_info, load_checkpoint, load_weights
 
 
 def model_name(bundle_root: str) -> str:
@@ -36,11 +40,13 @@ class CXRClassificationInfer(BundleInferTask):
     `{"prediction": [{"idx", "label", "score"}...], "label": str, "threshold": float, ...}` where the scores are the
     C softmax probabilities (sum 1) and `label` is the class decided with the checkpoint's operating point."""
 
-    def __init__(self, bundle_root: str, conf: dict[str, str]) -> None:
-        super().__init__(bundle_root, conf, type=InferType.CLASSIFICATION, post_filter=None,
+    def __init__(self, bundle_root: str, conf: dict[str, str], const: BundleConstants | None = None) -> None:
+        const = const or BundleConstants()
+        super().__init__(bundle_root, conf, const=const, type=InferType.CLASSIFICATION, post_filter=None,
                          add_post_restore=False, load_strict=True)
         if not self.is_valid():
-            raise ValueError(f"{bundle_root}: not a loadable bundle (needs configs/inference.json and models/model.pt)")
+            raise ValueError(f"{bundle_root}: not a loadable bundle (needs configs/{const.configs()[0]} and "
+                             f"models/{const.model_pytorch()})")
         checkpoint = load_checkpoint(self.path[0])
         if "operating_point" not in checkpoint:
             raise ValueError(f"{self.path[0]}: checkpoint has no 'operating_point' (expected {{'model', 'operating_point'}})")
@@ -67,3 +73,37 @@ class CXRClassificationInfer(BundleInferTask):
         decided = int(self.operating_point.decide(probs)[0])
         result_json.update(label=self.class_names[decided], threshold=self.operating_point.threshold)
         return result_file, result_json
+
+
+class MedSAMConstants(BundleConstants):
+    """The MedSAM model's files: `configs/inference_medsam.json` over `configs/inference.json`, `models/medsam_head.pt`."""
+
+    overlays = ("inference_medsam.json",)
+
+    def configs(self):
+        return ["inference.json"]
+
+    def model_pytorch(self) -> str:
+        return "medsam_head.pt"
+
+
+class MedSAMClassificationInfer(CXRClassificationInfer):
+    """The LiteMedSAM encoder + head as a second MONAI Label model: same request and answer as
+    `CXRClassificationInfer`. Its checkpoint holds the head only, so the network is the config's `network` with the
+    checkpoint loaded into its `weights_target` (as `inference.json`'s `initialize` does), on the config's `device`."""
+
+    def __init__(self, bundle_root: str, conf: dict[str, str]) -> None:
+        super().__init__(bundle_root, conf, const=MedSAMConstants())
+
+    def _load_bundle_config(self, path, config):
+        parser = ConfigParser()
+        parser.read_config([config, *(os.path.join(path, "configs", c) for c in MedSAMConstants.overlays)])
+        parser.config.update({self.const.key_bundle_root(): path})
+        return parser
+
+    def _get_network(self, device, data):
+        if device not in self._networks:
+            network = self.bundle_config.get_parsed_content("network")
+            load_weights(self.bundle_config.get_parsed_content("weights_target"), self.path[0])
+            self._networks[device] = (network.eval(), os.stat(self.path[0]).st_mtime)
+        return self._networks[device][0]

@@ -3,7 +3,9 @@
     monailabel start_server --app bundle/monailabel --studies /path/to/cxr_images [--conf bundle_root /path/to/bundle]
 
 `bundle_root` defaults to the repository this app lives in. The model id is the bundle's metadata name,
-`cxr_pneumonia_classification`: `POST /infer/cxr_pneumonia_classification?output=json` with a `file` upload.
+`cxr_pneumonia_classification`: `POST /infer/cxr_pneumonia_classification?output=json` with a `file` upload. The
+MedSAM model (LiteMedSAM encoder + head, `models/medsam_head.pt`) is served beside it as
+`cxr_pneumonia_classification_medsam`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from cxr_infer import CXRClassificationInfer, model_name
+from cxr_infer import CXRClassificationInfer, MedSAMClassificationInfer, model_name
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
@@ -23,7 +25,8 @@ DEFAULT_BUNDLE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class CXRPneumoniaApp(MONAILabelApp):
-    """Inference-only app: one infer task built from the bundle's `configs/inference.json`."""
+    """Inference-only app: the bundle's CNN (`configs/inference.json`) and its MedSAM model
+    (`configs/inference_medsam.json` over it) as two infer tasks."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.bundle_root = os.path.abspath(conf.get("bundle_root", DEFAULT_BUNDLE_ROOT))
@@ -34,5 +37,6 @@ class CXRPneumoniaApp(MONAILabelApp):
 
     def init_infers(self) -> dict[str, InferTask]:
         name = model_name(self.bundle_root)
-        logger.info(f"+++ Adding bundle {self.bundle_root} as infer model {name}")
-        return {name: CXRClassificationInfer(self.bundle_root, self.conf)}
+        logger.info(f"+++ Adding bundle {self.bundle_root} as infer models {name}, {name}_medsam")
+        return {name: CXRClassificationInfer(self.bundle_root, self.conf),
+                f"{name}_medsam": MedSAMClassificationInfer(self.bundle_root, self.conf)}

@@ -206,13 +206,14 @@ class TrainedModel:
 def load_bundle(bundle_root: str | os.PathLike = ".", config_file: str | os.PathLike | Sequence = DEFAULT_CONFIG,
                 ckpt_path: str | os.PathLike | None = None, device: str | torch.device | None = "cpu",
                 **overrides) -> TrainedModel:
-    """The trained model of a bundle: `config_file` (see `bundle_config`) with the weights of `ckpt_path` (default
-    ``<bundle_root>/models/model.pt``, also set as the config's ``ckpt_path``) on `device` (None: the config's
-    ``device``). `overrides`: config id -> value, e.g. ``lung_mode="none"``."""
+    """The trained model of a bundle: `config_file` (see `bundle_config`) with the weights of `ckpt_path` (default:
+    the config's ``ckpt_path``, e.g. ``models/model.pt``, or ``models/medsam_head.pt`` with inference_medsam.json;
+    a given path is set as the config's ``ckpt_path``) on `device` (None: the config's ``device``). `overrides`:
+    config id -> value, e.g. ``lung_mode="none"``."""
     import torch
 
-    ckpt = Path(ckpt_path) if ckpt_path else Path(bundle_root) / DEFAULT_CHECKPOINT
     parser = bundle_config(bundle_root, config_file, **overrides)
+    ckpt = Path(ckpt_path) if ckpt_path else Path(parser.get_parsed_content("ckpt_path"))
     parser["ckpt_path"] = str(ckpt)
     checkpoint = load_checkpoint(ckpt)
     device = parser.get_parsed_content("device") if device is None else torch.device(device)

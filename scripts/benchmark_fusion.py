@@ -1,0 +1,92 @@
+"""Late fusion of two classifiers (e.g. the CNN and the frozen-LiteMedSAM head): their P(positive) averaged per
+image, compared with each model alone over seeds, on one shared validation split.
+
+`a` and `b` are run folders of the benchmark scripts with ``{seed}`` in place of the seed
+(`<run>/eval_validation/validation_predictions.csv`, `<run>/eval/test_predictions.csv`); every run must have scored
+the same images (one `split_seed`). Per seed, each of a, b and the fusion gets its threshold by `method` (Platt, the
+shipped rule) on validation. The winner is the highest mean validation ROC-AUC over seeds (printed with the result);
+a paired patient bootstrap of the fusion against the better single model (by validation) is recorded per seed on
+both splits, and the fusion counts as worth a second model only if its validation gain clears that interval on
+every seed; test metrics at the validation thresholds are reported after, never used for a choice.
+
+    python scripts/benchmark_fusion.py --a "runs/bench_protocol/resnet18/max_epochs=5/seed{seed}" \
+        --b "runs/benchmark_medsam/conv/seed{seed}" --seeds 0,1,2 --results_file docs/results/fusion_cnn_medsam.json
+"""
+
+import datetime
+import sys
+from pathlib import Path
+
+import fire
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from custom.data.datalists import kermany_patient_id  # noqa: E402
+from custom.evaluation.benchmark import parse_list, spread  # noqa: E402
+from custom.evaluation.metrics import binary_metrics, paired_bootstrap, select_threshold  # noqa: E402
+from custom.evaluation.operating_point import mean_of_members, read_predictions  # noqa: E402
+from custom.io import write_json  # noqa: E402
+
+SPLITS = {"validation": "eval_validation", "test": "eval"}
+REPORTED = ("accuracy", "roc_auc", "sensitivity", "specificity", "f1")
+RULE = "highest mean validation ROC-AUC over seeds"
+GAIN_RULE = ("the fusion is worth its second model only if it wins and, on every seed, the paired bootstrap interval "
+             "of its validation ROC-AUC gain over the better single model lies above 0")
+
+
+def _seed_study(runs: dict, positive: str, method: str, n_boot: int) -> dict:
+    """Validation and test metrics of each model of `runs` ({name: run folder}) and their fusion at thresholds
+    picked on validation, and the paired bootstrap of the fusion against the better single model."""
+    paths = {split: [Path(run, folder, f"{split}_predictions.csv") for run in runs.values()]
+             for split, folder in SPLITS.items()}
+    tables = {split: {name: read_predictions(path, positive) for name, path in zip(runs, paths[split])}
+              for split in SPLITS}
+    for split in SPLITS:
+        tables[split]["fusion"] = mean_of_members(paths[split], positive)  # checks: same images, same labels
+    out = {}
+    for name, validation in tables["validation"].items():
+        threshold = select_threshold(validation["label"], validation["score"], method)
+        out[name] = {split: {k: binary_metrics(tables[split][name]["label"], tables[split][name]["score"],
+                                               threshold)[k] for k in (*REPORTED, "threshold")} for split in SPLITS}
+    single = max(runs, key=lambda name: out[name]["validation"]["roc_auc"])
+    out["paired_fusion_minus_best_single"] = {"single": single, **{split: paired_bootstrap(
+        tables[split][single]["label"].to_numpy(), tables[split][single]["score"].to_numpy(),
+        tables[split]["fusion"]["score"].to_numpy(), out[single]["validation"]["threshold"],
+        out["fusion"]["validation"]["threshold"],
+        tables[split][single]["file"].map(lambda f: kermany_patient_id(Path(f).name)).to_numpy(), n_boot)
+        for split in SPLITS}}
+    return out
+
+
+def main(a: str, b: str, seeds="0,1,2", names="a,b", positive: str = "PNEUMONIA", method: str = "platt",
+         n_boot: int = 2000, results_file: str | None = None) -> None:
+    """a, b: run folders with ``{seed}``; names: what to call them in the results (e.g. ``cnn,medsam``)."""
+    seeds, names = parse_list(seeds, int), parse_list(names)
+    studies = {f"seed{seed}": _seed_study({names[0]: a.format(seed=seed), names[1]: b.format(seed=seed)},
+                                          positive, method, n_boot) for seed in seeds}
+    models = [*names, "fusion"]
+    summary = {split: {m: {k: spread([s[m][split][k] for s in studies.values()]) for k in REPORTED} for m in models}
+               for split in SPLITS}
+    winner = max(models, key=lambda m: summary["validation"][m]["roc_auc"]["mean"])
+    clear_gain = winner == "fusion" and all(
+        s["paired_fusion_minus_best_single"]["validation"]["roc_auc"]["low"] > 0 for s in studies.values())
+    write_json({"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
+                "seeds": seeds, "runs": {names[0]: a, names[1]: b}, "threshold_method": method, "rule": RULE,
+                "winner": winner, "gain_rule": GAIN_RULE, "fusion_worth_it": clear_gain, **summary, "per_seed": studies}, results_file or "fusion.json")
+    for split in SPLITS:
+        print(f"\n{split.capitalize()} ({'decides' if split == 'validation' else 'reported, never used for a choice'}):")
+        print("| model | " + " | ".join(REPORTED) + " |\n|---|" + "---|" * len(REPORTED))
+        for m in models:
+            print(f"| {m} | " + " | ".join(f"{summary[split][m][k]['mean']:.3f} ± {summary[split][m][k]['std']:.3f}"
+                                           for k in REPORTED) + " |")
+        if split == "validation":
+            print(f"Rule: {RULE} -> winner: {winner}")
+            print(f"Rule: {GAIN_RULE} -> {'yes' if clear_gain else 'no'}")
+    for seed, study in studies.items():
+        paired = study["paired_fusion_minus_best_single"]
+        print(f"{seed}: fusion minus {paired['single']}, ROC-AUC " + ", ".join(
+            f"{split} {paired[split]['roc_auc']['difference']:+.4f} ({paired[split]['roc_auc']['low']:+.4f} to "
+            f"{paired[split]['roc_auc']['high']:+.4f})" for split in SPLITS))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
