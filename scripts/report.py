@@ -32,13 +32,20 @@ from custom.io import write_json  # noqa: E402
 from custom.models.trained_model import load_checkpoint  # noqa: E402
 
 
-def _labelled(predictions: str, positive: str) -> pd.DataFrame:
-    """A predictions CSV (file, prob_<class>..., predicted_label, true_label) checked for labels and `positive`."""
+def _labelled(predictions: str, positive: str, domain: str | None = None) -> pd.DataFrame:
+    """A predictions CSV (file, prob_<class>..., predicted_label, true_label) checked for labels and `positive`;
+    with `domain`, only its rows (the `domain` column of a two-domain evaluation)."""
     table = pd.read_csv(predictions)
     if "true_label" not in table:
         raise ValueError(f"{predictions}: no true_label column (unlabelled predictions)")
     if f"prob_{positive}" not in table:
         raise ValueError(f"{predictions}: no prob_{positive} column")
+    if domain is not None:
+        if "domain" not in table:
+            raise ValueError(f"{predictions}: no domain column (not a two-domain evaluation)")
+        table = table[table["domain"] == domain].reset_index(drop=True)
+        if table.empty:
+            raise ValueError(f"{predictions}: no rows of domain {domain!r}")
     return table
 
 
@@ -56,15 +63,16 @@ def threshold(predictions: str, threshold: float = 0.5, positive: str = "PNEUMON
 
 def bootstrap(predictions: str, threshold: float, other: str | None = None, other_threshold: float | None = None,
               positive: str = "PNEUMONIA", n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
-              output: str | None = None) -> None:
+              output: str | None = None, domain: str | None = None) -> None:
     """Prints (and writes to `output`) bootstrap intervals of accuracy, sensitivity, specificity and ROC-AUC of a
     predictions CSV at `threshold`, resampling patients (Kermany file-name ids, else one image per id); with `other`
-    (a predictions CSV of the same files) the paired comparison other - predictions at `other_threshold`."""
+    (a predictions CSV of the same files) the paired comparison other - predictions at `other_threshold`; with
+    `domain`, on that domain's rows of both files only."""
     from custom.data.datalists import (
         kermany_patient_id,  # imports torch + MONAI (~10 s): only for this command
     )
 
-    table = _labelled(predictions, positive)
+    table = _labelled(predictions, positive, domain)
     labels = (table["true_label"] == positive).to_numpy()
     scores = table[f"prob_{positive}"].to_numpy()
     groups = table["file"].map(kermany_patient_id).to_numpy()
@@ -73,7 +81,7 @@ def bootstrap(predictions: str, threshold: float, other: str | None = None, othe
     else:
         if other_threshold is None:
             raise ValueError("--other needs --other_threshold")
-        second = _labelled(other, positive)
+        second = _labelled(other, positive, domain)
         files, other_files = set(table["file"]), set(second["file"])
         if files != other_files or len(files) != len(table) or len(other_files) != len(second):
             raise ValueError(f"{predictions} and {other} must list the same files once each: {len(table)} and "

@@ -348,3 +348,18 @@ def test_bootstrap_report_command(kermany_test, tmp_path, monkeypatch, capsys):
     write_predictions(tmp_path / "c.csv", [files[i] for i in rows[1:]], labels[rows[1:]], scores[1:])
     with pytest.raises(ValueError, match="same files once each: 40 and 39 rows, 1 files only in the first"):
         report("--threshold", "0.5", "--other", str(tmp_path / "c.csv"), "--other_threshold", "0.5")
+
+    # --domain keeps one domain's rows of both files (a two-domain evaluation writes a domain column)
+    for name in ("a", "b"):
+        table = pd.read_csv(tmp_path / f"{name}.csv")
+        table["domain"] = np.where(table["file"].isin([str(files[i]) for i in rows[::2]]), "adult", "pediatric")
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+    one_domain = report("--threshold", "0.5", "--other", str(tmp_path / "b.csv"), "--other_threshold", "0.25",
+                        "--domain", "adult", "--n_boot", "50")
+    assert one_domain["n_groups"] == len(set(groups[rows[::2]]))
+    with pytest.raises(ValueError, match=r"a\.csv: no rows of domain 'child'"):
+        report("--threshold", "0.5", "--domain", "child")
+    with pytest.raises(ValueError, match=r"c\.csv: no domain column"):
+        monkeypatch.setattr(sys, "argv", [script, "bootstrap", "--predictions", str(tmp_path / "c.csv"),
+                                          "--threshold", "0.5", "--domain", "adult"])
+        runpy.run_path(script, run_name="__main__")

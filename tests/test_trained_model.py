@@ -143,6 +143,27 @@ def test_medsam_configs_load_the_shipped_head_by_default():
     assert type(model.network.classifier.pooling).__name__ == "ConvAttentionPool"
 
 
+def test_a_head_trained_on_another_map_size_is_refused_naming_both(tmp_path):
+    """The weights of a head fit any map size: the training run's map_size (provenance) is what tells them apart."""
+    checkpoint = load_checkpoint(ROOT / "models" / "medsam_head.pt")
+    checkpoint["provenance"]["config"]["map_size"] = 8
+    torch.save(checkpoint, tmp_path / "head8.pt")
+    message = r"head8\.pt: trained with map_size = 8, but this config has map_size = 16; run it with --map_size 8"
+    with pytest.raises(ValueError, match=message):
+        load_bundle(ROOT, MEDSAM, ckpt_path=tmp_path / "head8.pt")
+    load_bundle(ROOT, MEDSAM, ckpt_path=tmp_path / "head8.pt", map_size=8)  # its own setting loads
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(next((TEST / "NORMAL").glob("*.jpeg")), images)
+    for configs in (MEDSAM, ["configs/train.json", "configs/train_medsam_frozen.json", "configs/evaluate.json"]):
+        with pytest.raises(RuntimeError) as err:  # the bundle's own runs: inference and evaluation
+            run(config_file=[str(ROOT / c) for c in configs], bundle_root=str(ROOT), ckpt_path=str(tmp_path / "head8.pt"),
+                dataset_dir=str(images), output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
+                meta_file=str(ROOT / "configs" / "metadata.json"), logging_file=str(ROOT / "configs" / "logging.conf"),
+                run_id="run" if "configs/inference.json" in configs else "evaluating")
+        assert re.search(message, str(err.value.__cause__)), err.value  # the config expression's ValueError
+
+
 def test_bad_checkpoints_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -90,7 +90,8 @@ class MedSAMConstants(BundleConstants):
 class MedSAMClassificationInfer(CXRClassificationInfer):
     """The LiteMedSAM encoder + head as a second MONAI Label model: same request and answer as
     `CXRClassificationInfer`. Its checkpoint holds the head only, so the network is the config's `network` with the
-    checkpoint loaded into its `weights_target` (as `inference.json`'s `initialize` does), on the config's `device`."""
+    checkpoint loaded into its `weights_target` and checked against its `trained_with` (as `inference.json`'s
+    `initialize` does), on the config's `device`."""
 
     def __init__(self, bundle_root: str, conf: dict[str, str]) -> None:
         super().__init__(bundle_root, conf, const=MedSAMConstants())
@@ -104,6 +105,7 @@ class MedSAMClassificationInfer(CXRClassificationInfer):
     def _get_network(self, device, data):
         if device not in self._networks:
             network = self.bundle_config.get_parsed_content("network")
-            load_weights(self.bundle_config.get_parsed_content("weights_target"), self.path[0])
+            load_weights(self.bundle_config.get_parsed_content("weights_target"), self.path[0],
+                         expected=self.bundle_config.get_parsed_content("trained_with"))
             self._networks[device] = (network.eval(), os.stat(self.path[0]).st_mtime)
         return self._networks[device][0]

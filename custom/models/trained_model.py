@@ -90,20 +90,49 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
+def check_trained_with(checkpoint: str | os.PathLike | dict, expected: dict | None,
+                       source: str | os.PathLike | None = None) -> dict:
+    """Checks that the run that trained `checkpoint` used the `expected` config values (config id -> value, e.g.
+    ``{"map_size": 16, "encoder_variant": "lite"}``: what the weights' shapes cannot show, as a head trained on 8 x 8
+    embedding maps runs on 16 x 16 ones and silently predicts wrong). Values are read from the checkpoint's
+    provenance config; ids it lacks, holds as an expression, or a checkpoint without provenance are not checked.
+    Returns the checkpoint dict; raises ValueError naming the file, the id and both values."""
+    if not isinstance(checkpoint, dict):
+        source, checkpoint = checkpoint, load_checkpoint(checkpoint)
+    trained = (checkpoint.get("provenance") or {}).get("config") or {}
+    for name, value in (expected or {}).items():
+        stored = trained.get(name)
+        if stored is None or (isinstance(stored, str) and stored[:1] in ("$", "@", "%")):
+            continue
+        if _as_json(stored) != _as_json(value):
+            raise ValueError(f"{source or 'checkpoint'}: trained with {name} = {stored!r}, but this config has "
+                             f"{name} = {value!r}; run it with --{name} {stored!r} (its training setting) or retrain")
+    return checkpoint
+
+
+def _as_json(value):
+    """A tuple as the list a config read from JSON holds."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def load_weights(network: nn.Module, checkpoint: str | os.PathLike | dict, key: str = "model",
-                 source: str | os.PathLike | None = None) -> dict:
+                 source: str | os.PathLike | None = None, expected: dict | None = None) -> dict:
     """Loads ``checkpoint[key]`` into `network` (strict) and returns the checkpoint dict.
 
     Args:
         checkpoint: a file (read with `load_checkpoint`) or a dict `load_checkpoint` returned.
         source: the file named in errors when `checkpoint` is a dict.
+        expected: config values the training run must have used (`check_trained_with`), e.g. a config's
+            ``trained_with``.
 
     Raises ValueError naming the file and the first parameter that does not fit (absent on one side, or its shape
-    in the checkpoint and in the network) when the checkpoint is of another architecture, head or pooling.
+    in the checkpoint and in the network) when the checkpoint is of another architecture, head or pooling, or the
+    `expected` value and the training run's when they differ.
     """
     if not isinstance(checkpoint, dict):
         source, checkpoint = checkpoint, load_checkpoint(checkpoint)
     source = source or "checkpoint"
+    check_trained_with(checkpoint, expected, source)
     state = checkpoint.get(key)
     if not isinstance(state, dict):
         raise ValueError(f"{source}: no {key!r} state dict in the checkpoint")
@@ -166,10 +195,12 @@ def bundle_config(bundle_root: str | os.PathLike = ".", config_file: str | os.Pa
 def configured_network(parser: ConfigParser, checkpoint: str | os.PathLike | dict,
                        device: str | torch.device = "cpu", source: str | os.PathLike | None = None) -> nn.Module:
     """The config's ``network_def`` with the checkpoint's "model" weights (`load_weights`; into
-    ``network_def.classifier`` when the config sets ``head_only_checkpoint``), on `device`, eval mode."""
+    ``network_def.classifier`` when the config sets ``head_only_checkpoint``; checked against the config's
+    ``trained_with``), on `device`, eval mode."""
     network = parser.get_parsed_content("network_def")
     head_only = "head_only_checkpoint" in parser and parser.get_parsed_content("head_only_checkpoint")
-    load_weights(network.classifier if head_only else network, checkpoint, source=source)
+    expected = parser.get_parsed_content("trained_with") if "trained_with" in parser else None
+    load_weights(network.classifier if head_only else network, checkpoint, source=source, expected=expected)
     return network.to(device).eval()
 
 
