@@ -21,13 +21,17 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.data.datalists import kermany_patient_id  # noqa: E402
-from custom.evaluation.benchmark import parse_list, spread  # noqa: E402
+from custom.evaluation.benchmark import (  # noqa: E402
+    REPORTED,
+    SPLITS,
+    parse_list,
+    predictions_file,
+    spread,
+)
 from custom.evaluation.metrics import binary_metrics, paired_bootstrap, select_threshold  # noqa: E402
 from custom.evaluation.operating_point import mean_of_members, read_predictions  # noqa: E402
 from custom.io import write_json  # noqa: E402
 
-SPLITS = {"validation": "eval_validation", "test": "eval"}
-REPORTED = ("accuracy", "roc_auc", "sensitivity", "specificity", "f1")
 RULE = "highest mean validation ROC-AUC over seeds"
 GAIN_RULE = ("the fusion is worth its second model only if it wins and, on every seed, the paired bootstrap interval "
              "of its validation ROC-AUC gain over the better single model lies above 0")
@@ -36,8 +40,7 @@ GAIN_RULE = ("the fusion is worth its second model only if it wins and, on every
 def _seed_study(runs: dict, positive: str, method: str, n_boot: int) -> dict:
     """Validation and test metrics of each model of `runs` ({name: run folder}) and their fusion at thresholds
     picked on validation, and the paired bootstrap of the fusion against the better single model."""
-    paths = {split: [Path(run, folder, f"{split}_predictions.csv") for run in runs.values()]
-             for split, folder in SPLITS.items()}
+    paths = {split: [predictions_file(run, split) for run in runs.values()] for split in SPLITS}
     tables = {split: {name: read_predictions(path, positive) for name, path in zip(runs, paths[split])}
               for split in SPLITS}
     for split in SPLITS:

@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.data.datalists import kermany_patient_id  # noqa: E402
-from custom.evaluation.benchmark import parse_list, spread  # noqa: E402
+from custom.evaluation.benchmark import SPLITS, parse_list, predictions_file, spread  # noqa: E402
 from custom.evaluation.metrics import (  # noqa: E402
     THRESHOLD_METHODS,
     binary_metrics,
@@ -51,8 +51,7 @@ def main(option_dir: str, seeds="0,1,2", positive: str = "PNEUMONIA", target_sen
          results_file: str | None = None) -> None:
     seeds = parse_list(seeds, int)
     runs = {f"seed{seed}": Path(option_dir, f"seed{seed}") for seed in seeds}
-    files = {split: [run / folder / f"{split}_predictions.csv" for run in runs.values()]
-             for split, folder in (("validation", "eval_validation"), ("test", "eval"))}
+    files = {split: [predictions_file(run, split) for run in runs.values()] for split in SPLITS}
     members = {name: (read_predictions(files["validation"][i], positive), read_predictions(files["test"][i], positive))
                for i, name in enumerate(runs)}
     ensemble = (mean_of_members(files["validation"], positive), mean_of_members(files["test"], positive))

@@ -17,7 +17,7 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.evaluation import operating_point  # noqa: E402
-from custom.evaluation.benchmark import parse_list  # noqa: E402
+from custom.evaluation.benchmark import parse_list, predictions_file  # noqa: E402
 
 
 def reselect(ckpt_path: str, predictions: str, method: str, output: str | None = None) -> None:
@@ -31,7 +31,7 @@ def ensemble(option_dir: str, method: str, output: str, seeds="0,1,2", dtype: st
     ``eval_validation/validation_predictions.csv``) -> one `ProbabilityEnsemble` checkpoint at `output`."""
     runs = [Path(option_dir, f"seed{s}") for s in parse_list(seeds, int)]
     print(json.dumps(operating_point.assemble_ensemble(
-        [r / "models" / "model.pt" for r in runs], [r / "eval_validation" / "validation_predictions.csv" for r in runs],
+        [r / "models" / "model.pt" for r in runs], [predictions_file(r, "validation") for r in runs],
         method, output, dtype)))
 
 

@@ -27,7 +27,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleConstants, BundleInferTask
 
 from custom.data.transforms import UnreadableImageError
-from custom.models.trained_model import OperatingPoint, bundle_info, load_checkpoint, load_weights
+from custom.models.trained_model import OperatingPoint, bundle_info, configured_network, load_checkpoint
 
 
 def model_name(bundle_root: str) -> str:
@@ -89,9 +89,9 @@ class MedSAMConstants(BundleConstants):
 
 class MedSAMClassificationInfer(CXRClassificationInfer):
     """The LiteMedSAM encoder + head as a second MONAI Label model: same request and answer as
-    `CXRClassificationInfer`. Its checkpoint holds the head only, so the network is the config's `network` with the
-    checkpoint loaded into its `weights_target` and checked against its `trained_with` (as `inference.json`'s
-    `initialize` does), on the config's `device`."""
+    `CXRClassificationInfer`. Its checkpoint holds the head only, so the network is built as `load_bundle` builds it
+    (`custom.models.trained_model.configured_network`: the head loaded into ``network_def.classifier``, checked
+    against the config's `trained_with`), once per device."""
 
     def __init__(self, bundle_root: str, conf: dict[str, str]) -> None:
         super().__init__(bundle_root, conf, const=MedSAMConstants())
@@ -104,8 +104,6 @@ class MedSAMClassificationInfer(CXRClassificationInfer):
 
     def _get_network(self, device, data):
         if device not in self._networks:
-            network = self.bundle_config.get_parsed_content("network")
-            load_weights(self.bundle_config.get_parsed_content("weights_target"), self.path[0],
-                         expected=self.bundle_config.get_parsed_content("trained_with"))
-            self._networks[device] = (network.eval(), os.stat(self.path[0]).st_mtime)
+            network = configured_network(self.bundle_config, self.path[0], device)
+            self._networks[device] = (network, os.stat(self.path[0]).st_mtime)
         return self._networks[device][0]

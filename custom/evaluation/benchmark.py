@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 REPORTED = ("accuracy", "roc_auc", "sensitivity", "specificity", "f1")
 VALIDATION_REPORTED = ("roc_auc", "accuracy", "sensitivity", "specificity", "ece")
 SPLITS = ("validation", "test")
+EVAL_FOLDERS = {"validation": "eval_validation", "test": "eval"}  # where `train_and_evaluate` evaluates each split
 RULE = "highest mean validation ROC-AUC over seeds (ties within 0.001: higher mean validation accuracy)"
 
 
@@ -93,12 +94,17 @@ def train_and_evaluate(run_dir: str | Path, configs: Sequence[str], args: Sequen
         shutil.rmtree(run_dir)
     run_bundle("run", "training", "--config_file", config_arg(configs), "--output_dir", str(run_dir / "train"), *args)
     record = {**key, "configs": list(configs), "args": list(args)}
-    for split, folder in (("validation", "eval_validation"), ("test", "eval")):
+    for split, folder in EVAL_FOLDERS.items():
         run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
                    "--output_dir", str(run_dir / folder), "--eval_split", split, *args)
         record[split] = json.loads((run_dir / folder / f"{split}_metrics.json").read_text())
     write_json(record, record_file)
     return {split: record[split] for split in SPLITS}
+
+
+def predictions_file(run_dir: str | Path, split: str) -> Path:
+    """The per-image predictions CSV that `train_and_evaluate` leaves in `run_dir` for `split`."""
+    return Path(run_dir, EVAL_FOLDERS[split], f"{split}_predictions.csv")
 
 
 def spread(values: Sequence[float]) -> dict:

@@ -8,6 +8,7 @@ resize to 256 px with zero padding at the bottom/right (LiteMedSAM). `encoder_pr
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Hashable, Mapping
@@ -23,6 +24,8 @@ from torch import nn
 
 from custom.data.transforms import LoadCXRd
 from custom.io import file_sha256
+
+logger = logging.getLogger(__name__)
 
 EMBED_DIM = 256
 FEATURE_SIZE = 64
@@ -62,6 +65,13 @@ class _MedSAMImageEncoder(nn.Module):
     keep_aspect: bool
     weights_path: str
     weights_sha256: str
+
+    def _run_as(self, encoder: _MedSAMImageEncoder, variant: str) -> None:
+        """Takes `encoder`'s input size, preprocessing and weights identity, under the cache name `variant`: for
+        wrappers that run the same weights another way (autocast, ONNX Runtime, OpenVINO)."""
+        self.variant = variant
+        self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
+        self.weights_path, self.weights_sha256 = encoder.weights_path, encoder.weights_sha256
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, input_size, input_size) in [0, 1] -> (B, 256, 64, 64) embeddings."""
@@ -148,9 +158,7 @@ class AutocastEncoder(_MedSAMImageEncoder):
 
     def __init__(self, encoder: _MedSAMImageEncoder):
         super().__init__()
-        self.variant = f"{encoder.variant}+bf16"
-        self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
-        self.weights_path, self.weights_sha256 = encoder.weights_path, encoder.weights_sha256
+        self._run_as(encoder, f"{encoder.variant}+bf16")
         self.net = encoder.net
         self.eval()
 
@@ -200,9 +208,7 @@ class OnnxEncoder(_MedSAMImageEncoder):
         super().__init__()
         from custom.models.export import OnnxModule, quantize_int8
 
-        self.variant = f"{encoder.variant}+ort-int8" if int8 else encoder.variant
-        self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
-        self.weights_path, self.weights_sha256 = encoder.weights_path, encoder.weights_sha256
+        self._run_as(encoder, f"{encoder.variant}+ort-int8" if int8 else encoder.variant)
         if not int8:
             path = exported_onnx(encoder, onnx_path)
         else:
@@ -229,16 +235,12 @@ class OpenVinoEncoder(_MedSAMImageEncoder):
     def __init__(self, encoder: _MedSAMImageEncoder, onnx_path: str | os.PathLike | None = None, bf16: bool = False,
                  threads: int | None = None, streams: int = 1):
         super().__init__()
-        import logging
-
         from custom.models.export import OpenVinoModule, openvino_supports_bf16
 
         if bf16 and not openvino_supports_bf16():
-            logging.getLogger(__name__).warning("OpenVINO: no native bfloat16 on this CPU; the encoder runs in float32")
+            logger.warning("OpenVINO: no native bfloat16 on this CPU; the encoder runs in float32")
             bf16 = False
-        self.variant = f"{encoder.variant}+ov-bf16" if bf16 else encoder.variant
-        self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
-        self.weights_path, self.weights_sha256 = encoder.weights_path, encoder.weights_sha256
+        self._run_as(encoder, f"{encoder.variant}+ov-bf16" if bf16 else encoder.variant)
         self.net = OpenVinoModule(exported_onnx(encoder, onnx_path), "bf16" if bf16 else "f32", threads, streams)
         self.eval()
 
