@@ -3,20 +3,23 @@
 * ``end-to-end``: the bundle's own `run` of configs/inference.json over the first `limit` files of `images` (decode,
   preprocessing, lung step, classifier forward, the predictions report), once per lung_mode, for two paths:
   ``batched`` (the config as shipped: the lung UNet once per batch via `BatchedLungStep`, channels-last classifier)
-  and ``per-item`` (the old path: the lung step per image in the Dataset, NCHW classifier);
-* ``forward``: the classifier forward alone (as the config builds it) at each batch size, on the preprocessed images;
-* ``precision``: the batched end-to-end and forward rows run once per `precisions` value (the config's `precision`:
-  float32, or bfloat16 autocast via `custom.models.inferers.AutocastInferer`), and ``agreement`` compares the
-  bfloat16 predictions with float32 on every image of `agreement_images` (in the docs: the whole official train
-  folder, never the test split, since the result informs the config default): max |delta P(positive)| and the
-  decisions that flip at the checkpoint's threshold.
+  and ``per-item`` (the old path: the lung step per image in the Dataset, NCHW classifier, PyTorch float32);
+* ``forward``: the classifier forward alone (as the config's inferer runs it) at each batch size, on the preprocessed
+  images;
+* ``backend`` x ``precision``: the batched end-to-end and forward rows run once per `backends` value (the config's
+  `backend`: PyTorch, or the networks compiled by OpenVINO: classifier and lung UNet, `lung_backend`) and per
+  `precisions` value (the config's `precision`: float32, or bfloat16: autocast in PyTorch, OpenVINO's bf16 inference
+  precision), and ``agreement`` compares every other combination with PyTorch float32 on every image of
+  `agreement_images` (in the docs: the whole official train folder, never the test split, since the result informs
+  the config defaults), per `agreement_lung_modes`: max |delta P(positive)| and the decisions that flip at the
+  checkpoint's threshold.
 
-End-to-end time: from the evaluator's first epoch start to its end (checkpoint loading and config parsing excluded),
-best of `repeats` after one warm-up run. Prints one JSON line: date, command, device, versions and the rows;
-`--results_file` also writes it.
+End-to-end time: from the evaluator's first epoch start to its end (checkpoint loading, config parsing and the
+OpenVINO compilation at the first batch excluded: the warm-up run), best of `repeats` after one warm-up run. Prints
+one JSON line: date, command, device, versions and the rows; `--results_file` also writes it.
 
     OMP_NUM_THREADS=2 python scripts/benchmark_inference.py --images ../shared/data/pediatric_cxr/test --limit 256 \
-        --lung_modes crop,mask,none --precisions float32,bfloat16 \
+        --lung_modes crop,mask,none --backends torch,openvino --precisions float32,bfloat16 \
         --agreement_images ../shared/data/pediatric_cxr/train --results_file docs/results/inference_cpu.json
 """
 
@@ -78,47 +81,60 @@ def predictions(config: str, files: list[str], overrides: dict) -> dict[str, flo
     return {"scores": dict(zip(table["file"], table[f"prob_{positive}"])), "threshold": threshold}
 
 
-def agreement(config: str, files: list[str], overrides: dict, precision: str) -> dict:
-    """`precision` against float32 on `files`: max and mean |delta P(positive)|, decisions flipped at the threshold."""
+def backend_overrides(backend: str, precision: str) -> dict:
+    """Config overrides that run the classifier and the lung UNet by `backend` ("torch" or "openvino") in
+    `precision` (the UNet follows the classifier: OpenVINO bf16 where `precision` resolves to bfloat16)."""
+    from custom.models.inferers import forward_dtype
+
+    lung = "torch"
+    if backend == "openvino":
+        lung = "openvino-bf16" if forward_dtype(precision, "cpu") == torch.bfloat16 else "openvino"
+    return {"backend": backend, "precision": precision, "lung_backend": lung}
+
+
+def agreement(reference: dict, other: dict, backend: str, precision: str, lung_mode: str) -> dict:
+    """`other` predictions (`backend` in `precision`) against PyTorch float32 `reference` ones: max and mean
+    |delta P(positive)|, decisions flipped at the threshold."""
     import numpy as np
 
     from custom.models.trained_model import is_positive
 
-    ref, other = (predictions(config, files, {**overrides, "precision": p}) for p in ("float32", precision))
-    names = sorted(ref["scores"])
-    a, b = (np.array([run["scores"][n] for n in names]) for run in (ref, other))
-    t = ref["threshold"]
-    return {"precision": precision, "images": len(names), "threshold": t,
+    names = sorted(reference["scores"])
+    a, b = (np.array([run["scores"][n] for n in names]) for run in (reference, other))
+    t = reference["threshold"]
+    return {"backend": backend, "precision": precision, "lung_mode": lung_mode, "images": len(names), "threshold": t,
             "max_abs_diff": round(float(np.abs(a - b).max()), 6), "mean_abs_diff": round(float(np.abs(a - b).mean()), 6),
             "decisions_flipped": int((is_positive(a, t) != is_positive(b, t)).sum())}
 
 
 def main(images: str = "data/sample/test", config: str = "configs/inference.json", ckpt_path: str = "models/model.pt",
-         lung_modes="crop,mask,none", batch_sizes="1,32", precisions="float32", limit: int = 256, repeats: int = 3,
-         agreement_images: str | None = None, num_workers: int | None = None,
-         results_file: str | None = None) -> None:
+         lung_modes="crop,mask,none", batch_sizes="1,32", backends="torch", precisions="float32", limit: int = 256,
+         repeats: int = 3, agreement_images: str | None = None, agreement_lung_modes="none",
+         num_workers: int | None = None, results_file: str | None = None) -> None:
     """Times the first `limit` files of `images`; lung_modes: the config's `lung_mode` values to run end to end;
-    batch_sizes: of the classifier-only forward rows; precisions: the config's `precision` values of the batched and
-    forward rows; agreement_images: folder whose every image compares each non-float32 precision with float32
-    (lung_mode none); num_workers: DataLoader workers (None: the config's); results_file: JSON path written
-    atomically with what is printed."""
+    batch_sizes: of the classifier-only forward rows; backends, precisions: the config's `backend` ("torch",
+    "openvino") and `precision` values of the batched and forward rows; agreement_images: folder whose every image
+    compares each other backend / precision with PyTorch float32, once per agreement_lung_modes value;
+    num_workers: DataLoader workers (None: the config's); results_file: JSON path written atomically with what is
+    printed."""
     from custom.data import inference_items
     from custom.evaluation.benchmark import parse_list
     from custom.evaluation.timing import best_seconds, run_record
     from custom.io import write_json
-    from custom.models.inferers import AutocastInferer, forward_dtype, native_bf16
+    from custom.models.inferers import classifier_inferer, native_bf16
     from custom.models.trained_model import load_bundle
 
     files = [item["image"] for item in inference_items(images)[:limit]]
     common = {"ckpt_path": ckpt_path, **({} if num_workers is None else {"num_workers": num_workers})}
-    precisions = parse_list(precisions, str)
+    combos = [(b, p) for b in parse_list(backends, str) for p in parse_list(precisions, str)]
     rows = []
     for mode in parse_list(lung_modes, str):
-        paths = [("per-item", "float32", PER_ITEM), *(("batched", p, {}) for p in precisions)]
-        for path, precision, overrides in paths:
-            seconds = end_to_end_seconds(config, files, {**common, "lung_mode": mode, "precision": precision,
-                                                         **overrides}, repeats)
-            rows.append(_row("end-to-end", len(files), seconds, path=path, lung_mode=mode, precision=precision))
+        paths = [("per-item", "torch", "float32", PER_ITEM), *(("batched", b, p, {}) for b, p in combos)]
+        for path, backend, precision, overrides in paths:
+            seconds = end_to_end_seconds(config, files, {**common, "lung_mode": mode,
+                                                         **backend_overrides(backend, precision), **overrides}, repeats)
+            rows.append(_row("end-to-end", len(files), seconds, path=path, lung_mode=mode, backend=backend,
+                             precision=precision))
 
     trained = load_bundle(".", config, ckpt_path, device=None, lung_mode="none")
     parser = trained.config
@@ -127,19 +143,22 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
     net.load_state_dict(trained.network.state_dict())
     batch = torch.stack([trained.preprocessing({"image": f})["image"].as_tensor() for f in files]).to(device)
     with torch.inference_mode():
-        for precision in precisions:
-            inferer = AutocastInferer(forward_dtype(precision, device))
+        for backend, precision in combos:
+            inferer = classifier_inferer(backend, precision, device)
             for bs in parse_list(batch_sizes, int):
                 best = best_seconds(lambda: [inferer(batch[i:i + bs], net) for i in range(0, len(batch), bs)],
                                     repeats, device)
-                rows.append(_row("forward", len(batch), best, batch=bs, precision=precision))
+                rows.append(_row("forward", len(batch), best, batch=bs, backend=backend, precision=precision))
     agreements = []
     if agreement_images:
         every = [item["image"] for item in inference_items(agreement_images)]
-        agreements = [agreement(config, every, {**common, "lung_mode": "none"}, p) for p in precisions
-                      if p != "float32"]
+        for mode in parse_list(agreement_lung_modes, str):
+            overrides = {**common, "lung_mode": mode}
+            reference = predictions(config, every, {**overrides, **backend_overrides("torch", "float32")})
+            agreements += [agreement(reference, predictions(config, every, {**overrides, **backend_overrides(b, p)}),
+                                     b, p, mode) for b, p in combos if (b, p) != ("torch", "float32")]
     workers = parser.get_parsed_content("num_workers") if num_workers is None else num_workers
-    result = {**run_record(device), "images": len(files), "input_shape": list(batch.shape[1:]),
+    result = {**run_record(device, packages=("monai", "openvino")), "images": len(files), "input_shape": list(batch.shape[1:]),
               "batch_size": parser["batch_size"], "num_workers": workers, "repeats": repeats,
               "native_bf16": native_bf16(device), "rows": rows, "agreement": agreements}
     print(json.dumps(result))

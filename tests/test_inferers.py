@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from custom.data.transforms import LoadCXR
-from custom.models.inferers import AffineTTAInferer, AutocastInferer, forward_dtype, native_bf16
+from custom.models.inferers import (AffineTTAInferer, AutocastInferer, OpenVinoInferer, classifier_inferer,
+                                    forward_dtype, native_bf16)
 from custom.models.trained_model import bundle_config, load_bundle
 from tests.test_bundle import ROOT, SAMPLE
 
@@ -64,8 +65,61 @@ def test_autocast_inferer_float32_is_exact_and_bfloat16_agrees_on_real_images():
     assert (approx.softmax(1) - plain.softmax(1)).abs().max() < 0.02
 
 
-def test_inference_config_builds_the_inferer_from_precision():
-    for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        parser = bundle_config(ROOT, "configs/inference.json", precision=precision)
+def test_inference_config_builds_the_inferer_from_backend_and_precision():
+    for backend, precision, kind, dtype in (("torch", "float32", AutocastInferer, torch.float32),
+                                            ("torch", "bfloat16", AutocastInferer, torch.bfloat16),
+                                            ("onnxruntime", "bfloat16", AutocastInferer, torch.float32),
+                                            ("openvino", "float32", OpenVinoInferer, torch.float32)):
+        parser = bundle_config(ROOT, "configs/inference.json", backend=backend, precision=precision)
         inferer = parser.get_parsed_content("inferer")
-        assert isinstance(inferer, AutocastInferer) and inferer.dtype == dtype
+        assert isinstance(inferer, kind) and inferer.dtype == dtype, (backend, precision)
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        classifier_inferer("tensorrt", "float32", "cpu")
+    with pytest.raises(ValueError, match="'openvino' runs on the CPU"):
+        classifier_inferer("openvino", "float32", "cuda")
+
+
+def test_openvino_inferer_matches_the_pytorch_forward_on_real_images():
+    """The shipped model compiled by OpenVINO on the sample's real test images: float32 within 1e-4 of the PyTorch
+    logits, at any batch size after compiling on the first (dynamic batch); bfloat16 (where the CPU has it) within 0.02
+    in probability and really reduced precision. The network is compiled once and reused."""
+    model = load_bundle(ROOT)
+    files = sorted((SAMPLE / "test").rglob("*.jpeg"))[:16]
+    images = torch.stack([model.preprocessing({"image": f})["image"].as_tensor() for f in files])
+    with torch.inference_mode():
+        plain = model.network(images)
+        inferer = OpenVinoInferer(torch.float32)
+        first = inferer(images[:5], model.network)
+        compiled = inferer.compiled
+        exact = torch.cat([first, inferer(images[5:], model.network)])
+    assert inferer.compiled is compiled, "the network must be compiled once"
+    assert exact.dtype == torch.float32 and exact.shape == plain.shape
+    torch.testing.assert_close(exact, plain, rtol=0, atol=1e-4)
+    if not native_bf16("cpu"):
+        with pytest.raises(ValueError, match="bfloat16 needs a CPU with AMX"):
+            OpenVinoInferer(torch.bfloat16)
+        return
+    with torch.inference_mode():
+        approx = OpenVinoInferer(torch.bfloat16)(images, model.network)
+    assert not torch.allclose(approx, plain, rtol=0, atol=1e-4)
+    assert (approx.softmax(1) - plain.softmax(1)).abs().max() < 0.02
+
+
+def test_bundle_inference_with_the_openvino_backend_predicts_as_pytorch(tmp_path):
+    """`run` of inference.json with backend openvino (classifier and lung UNet compiled by OpenVINO, float32), lung
+    crop on: same probabilities within 1e-5 and the same per-image lung status as the PyTorch backend."""
+    import pandas as pd
+
+    files = sorted((SAMPLE / "test").rglob("*.jpeg"))[:24]
+    tables = {}
+    for backend in ("torch", "openvino"):
+        parser = bundle_config(ROOT, "configs/inference.json", output_dir=str(tmp_path / backend), lung_mode="crop",
+                               backend=backend, lung_backend=backend, batch_size=10,
+                               datalist=[{"image": str(f)} for f in files])
+        parser.get_parsed_content("initialize")
+        parser.get_parsed_content("run")
+        tables[backend] = pd.read_csv(tmp_path / backend / "predictions.csv")
+    reference, fast = tables["torch"], tables["openvino"]
+    assert len(fast) == 24 and list(fast["file"]) == list(reference["file"])
+    assert (fast["lung_crop"] == reference["lung_crop"]).all() and (fast["lung_crop"] == "applied").any()
+    assert (fast["prob_PNEUMONIA"] - reference["prob_PNEUMONIA"]).abs().max() < 1e-5

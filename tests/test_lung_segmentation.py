@@ -266,6 +266,25 @@ def test_batched_lung_step_equals_the_per_item_transform_on_real_images(mode):
     assert changed == [i != smallest for i in range(len(items))], "applied items change, the fallback does not"
 
 
+def test_openvino_unet_gives_the_pytorch_masks_on_real_images():
+    """The lung step with the UNet compiled by OpenVINO: float32 gives the PyTorch masks (a pixel may flip where a
+    logit sits at the threshold: float32 sums in another order), crops and statuses on real pediatric images; bf16
+    (where the CPU has it) masks overlap them at Dice >= 0.98; an unknown backend is refused."""
+    from custom.models.inferers import native_bf16
+
+    images = torch.stack([load_unit(p, size=(128, 128)) for p in pediatric_images(6)])
+    names = [f"image{i}" for i in range(len(images))]
+    reference = LungPreprocessd("image", MODEL, mode="crop").apply(images, names)
+    fast = LungPreprocessd("image", MODEL, mode="crop", backend="openvino").apply(images, names)
+    assert (fast[1] != reference[1]).float().mean() < 1e-3 and fast[2] == reference[2]
+    torch.testing.assert_close(fast[0], reference[0], rtol=0, atol=1e-6)
+    if native_bf16("cpu"):
+        _, masks, _ = LungPreprocessd("image", MODEL, mode="crop", backend="openvino-bf16").apply(images, names)
+        assert compute_dice(masks.float(), reference[1].float()).min() >= 0.98
+    with pytest.raises(ValueError, match="backend must be one of"):
+        LungPreprocessd("image", MODEL, backend="tensorrt")
+
+
 def test_batched_lung_step_leaves_a_chain_whose_lung_step_is_not_last_per_item():
     from monai.transforms import Compose, Lambdad
 

@@ -14,6 +14,7 @@ from pydicom.pixels import apply_modality_lut
 
 from custom.data.transforms import (
     CXRDicomReader,
+    CXRPILReader,
     LoadCXR,
     LoadCXRd,
     UnreadableImageError,
@@ -229,6 +230,39 @@ def test_other_formats_match_jpeg(tmp_path, loader, grey_crop, jpeg_tensor, name
     reference = jpeg_tensor[0, :160, :].numpy()
     assert corr(t.numpy(), reference) > 0.999
     assert corr(t.numpy(), reference[::-1]) < 0.99  # sanity: a flipped image would not pass the check above
+
+
+def _save_mode(mode):
+    def save(arr, path):
+        rgb = Image.fromarray(np.dstack([arr, arr // 2, 255 - arr]), mode="RGB")
+        image = {"L": Image.fromarray(arr), "LA": Image.fromarray(arr).convert("LA"), "RGB": rgb,
+                 "RGBA": rgb.convert("RGBA"), "P": rgb.convert("P"), "I;16": Image.fromarray(arr.astype(np.uint16) * 257),
+                 "1": Image.fromarray(arr).convert("1"), "CMYK": rgb.convert("CMYK")}[mode]
+        image.save(path)
+    return save
+
+
+@pytest.mark.parametrize("mode, suffix", [("L", ".png"), ("LA", ".png"), ("RGB", ".jpg"), ("RGBA", ".png"),
+                                          ("P", ".png"), ("I;16", ".png"), ("1", ".bmp"), ("CMYK", ".jpg"),
+                                          ("L", ".tif")])
+def test_pil_fast_path_equals_monai_load_image(tmp_path, grey_crop, mode, suffix):
+    """`CXRPILReader.load` (what `LoadCXR` uses for Pillow formats) gives the tensor, dtype and metadata of MONAI's
+    `LoadImage` with the same reader, for every Pillow mode a radiograph comes in; the real Kermany JPEG too."""
+    from monai.transforms import LoadImage
+
+    path = tmp_path / f"image{suffix}"
+    _save_mode(mode)(grey_crop, path)
+    reader = CXRPILReader()
+    for file in (path, sorted((KERMANY_TRAIN / "PNEUMONIA").glob("*.jpeg"))[0]):
+        reference = LoadImage(reader=reader, image_only=True, ensure_channel_first=True, dtype=None)(str(file))
+        tensor, meta = reader.load(str(file))
+        assert tensor.dtype == reference.dtype and torch.equal(tensor, reference.as_tensor()), file.name
+        assert meta.keys() == reference.meta.keys(), file.name
+        for key, value in reference.meta.items():
+            same = torch.equal(torch.as_tensor(value), torch.as_tensor(meta[key])) if key == "affine" else (
+                np.array_equal(value, meta[key], equal_nan=True) if isinstance(value, (np.ndarray, float)) else
+                value == meta[key])
+            assert same, (file.name, key, value, meta[key])
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

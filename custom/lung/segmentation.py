@@ -101,6 +101,17 @@ def load_lung_unet(path: str, device: str = "cpu") -> UNet:
     return net.to(torch.device(device)).eval()
 
 
+@functools.lru_cache(maxsize=4)
+def load_lung_unet_openvino(path: str, precision: str = "f32") -> torch.nn.Module:
+    """`load_lung_unet` compiled by OpenVINO for the CPU (``precision`` "f32" or "bf16", see
+    `custom.models.export.OpenVinoModule`), once per (path, precision): (B, 1, 128, 128) -> (B, 2, 128, 128) logits."""
+    from custom.models.export import OpenVinoModule, openvino_model
+
+    net = build_lung_unet()
+    net.load_state_dict(load_lung_unet(path, "cpu").state_dict())
+    return OpenVinoModule(openvino_model(net, torch.zeros(1, 1, *SEG_SIZE)), precision)
+
+
 _FULL_CONNECTIVITY = ndimage.generate_binary_structure(2, 2)  # 8-neighbourhood, as MONAI's default
 
 
@@ -129,8 +140,8 @@ def postprocess_mask(mask: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def segment_lungs_batch(images: torch.Tensor, net: torch.nn.Module) -> torch.Tensor:
     """(B, 1, W, H) images in [0, 1] -> (B, 1, W, H) bool lung masks at the input resolution (postprocessed), one
-    UNet forward for the whole batch."""
-    device = next(net.parameters()).device
+    UNet forward for the whole batch (`net`: the UNet, or its OpenVINO module, which runs on the CPU)."""
+    device = next(net.parameters(), torch.empty(0)).device
     size = tuple(images.shape[2:])
     x = convert_to_tensor(images, dtype=torch.float32, device=device, track_meta=False)
     x = F.interpolate(x, size=SEG_SIZE, mode="area")

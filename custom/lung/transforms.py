@@ -14,9 +14,10 @@ from monai.transforms import Compose, MapTransform
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
-from custom.lung.segmentation import load_lung_unet, segment_lungs_batch
+from custom.lung.segmentation import load_lung_unet, load_lung_unet_openvino, segment_lungs_batch
 
 MODES = ("crop", "mask", "none")
+BACKENDS = ("torch", "openvino", "openvino-bf16")  # how the UNet runs: PyTorch on `device`; OpenVINO on the CPU
 STATUS_KEY = "lung_crop"  # what the lung step did to an item (crop or mask mode): "applied", "fallback" (implausible mask) or "none"
 
 
@@ -46,16 +47,21 @@ class LungPreprocessd(MapTransform):
 
     When the postprocessed mask covers less than ``min_area`` or more than ``max_area`` of the image, the image is
     returned unmodified with a `UserWarning` naming the file. What was done is recorded in the item under
-    `STATUS_KEY` ("applied", "fallback" or "none"), so that reports can list it per image. The UNet (``model_path``) is loaded once per process on
-    first use and runs on ``device``. With ``mask_key``, the (1, W, H) bool lung mask is stored under that key as well.
+    `STATUS_KEY` ("applied", "fallback" or "none"), so that reports can list it per image. The UNet (``model_path``) is
+    loaded once per process on first use and runs, by ``backend``, in PyTorch on ``device`` ("torch"), or compiled by
+    OpenVINO on the CPU in float32 ("openvino", faster on a CPU) or bfloat16 ("openvino-bf16", needs AMX / AVX-512
+    BF16; approximate: agreement of the masks in docs/benchmarks.md). With ``mask_key``, the (1, W, H) bool lung mask
+    is stored under that key as well.
     """
 
     def __init__(self, keys: KeysCollection, model_path: str | os.PathLike, mode: str = "crop", margin: float = 0.05,
                  dilation: float = 0.03, min_area: float = 0.08, max_area: float = 0.75, device: str | torch.device = "cpu",
-                 mask_key: str | None = None, allow_missing_keys: bool = False) -> None:
+                 mask_key: str | None = None, backend: str = "torch", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if not 0.0 <= min_area < max_area <= 1.0:
             raise ValueError(f"need 0 <= min_area < max_area <= 1, got {min_area}, {max_area}")
         self.model_path = os.fspath(model_path)
@@ -63,6 +69,7 @@ class LungPreprocessd(MapTransform):
         self.min_area, self.max_area = min_area, max_area
         self.device = str(torch.device(device))
         self.mask_key = mask_key
+        self.backend = backend
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -104,7 +111,7 @@ class LungPreprocessd(MapTransform):
         """(B, C, W, H) images in [0, 1] (file names for warnings) -> ((B, C, W, H) processed images (plain tensor),
         (B, 1, W, H) bool lung masks, B statuses "applied" or "fallback")."""
         images = convert_to_tensor(images, track_meta=False)
-        masks = segment_lungs_batch(images[:, :1], load_lung_unet(self.model_path, self.device))
+        masks = segment_lungs_batch(images[:, :1], self.unet())
         areas = masks.flatten(1).float().mean(1).tolist()
         out, statuses = [], []
         for image, mask, area, name in zip(images, masks, areas, names):
@@ -117,6 +124,12 @@ class LungPreprocessd(MapTransform):
             out.append(self._crop(image, mask) if self.mode == "crop" else self._mask(image, mask))
             statuses.append("applied")
         return torch.stack(out), masks, statuses
+
+    def unet(self) -> torch.nn.Module:
+        """The UNet as `backend` runs it, loaded (and compiled) once per process."""
+        if self.backend == "torch":
+            return load_lung_unet(self.model_path, self.device)
+        return load_lung_unet_openvino(self.model_path, "bf16" if self.backend == "openvino-bf16" else "f32")
 
     def _crop(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(C, W, H) -> (C, W, H): the lung box (`lung_bbox`) resized back with area interpolation (as MONAI's

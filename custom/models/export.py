@@ -1,12 +1,13 @@
-"""Export of bundle networks: TorchScript that records its source checkpoint, ONNX, and an ONNX Runtime (CPU) module
-that stands in for the PyTorch network.
+"""Export of bundle networks: TorchScript that records its source checkpoint, ONNX, and ONNX Runtime / OpenVINO (CPU)
+modules that stand in for the PyTorch network.
 
 `export_torchscript` writes ``models/model.ts`` with the sha256 of the checkpoint it was made from; `bundle_weights`
 prefers that file to ``models/model.pt`` only while the two still match. `export_onnx` writes a single-file ``.onnx``
 atomically (TorchScript-based ``torch.onnx.export``, input ``image``, output ``output``; dynamic batch axis, or a fixed
 batch for models whose graph bakes the batch size in, such as LiteMedSAM's TinyViT). `OnnxModule` runs such a file in
 an ``onnxruntime.InferenceSession`` on CPU behind the usual ``nn.Module`` call, so MONAI inferers, evaluators and
-handlers work unchanged.
+handlers work unchanged; `OpenVinoModule` does the same with OpenVINO, from such a file or from a PyTorch module
+converted in memory (`openvino_model`).
 """
 
 from __future__ import annotations
@@ -202,18 +203,20 @@ def openvino_supports_bf16() -> bool:
 
 
 class OpenVinoModule(nn.Module):
-    """An ONNX file (as `export_onnx` writes) compiled by OpenVINO for the CPU: (B, C, H, W) tensor -> float32 output
-    on the input's device, one image per inference request, `streams` requests in flight. No autograd.
+    """A network compiled by OpenVINO for the CPU: (B, C, H, W) tensor -> float32 output on the input's device, the
+    batch split into `streams` requests in flight (one image per request for a model with a fixed batch of 1, as the
+    LiteMedSAM export). No autograd.
 
     Args:
-        path: ``.onnx`` file with one input and one output.
+        model: ``.onnx`` file with one input and one output (as `export_onnx` writes), or an ``openvino.Model`` (as
+            `openvino_model` converts from a PyTorch module).
         precision: ``"f32"`` (exact up to float32 rounding) or ``"bf16"`` (OpenVINO's bfloat16 inference
             precision, approximate; needs `openvino_supports_bf16`, else ValueError: callers decide the fallback).
         threads: CPU threads in all (None = ``torch.get_num_threads()``).
         streams: OpenVINO CPU streams (concurrent requests, threads split between them).
     """
 
-    def __init__(self, path: str | os.PathLike, precision: str = "f32", threads: int | None = None, streams: int = 1):
+    def __init__(self, model, precision: str = "f32", threads: int | None = None, streams: int = 1):
         super().__init__()
         import openvino as ov
 
@@ -221,33 +224,56 @@ class OpenVinoModule(nn.Module):
             raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
         if precision == "bf16" and not openvino_supports_bf16():
             raise ValueError("this CPU has no native bfloat16 (AVX-512 BF16 / AMX) for OpenVINO; use precision='f32'")
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: ONNX model not found (export it with scripts/export.py)")
-        self.path, self.precision = str(path.resolve()), precision
+        if isinstance(model, (str, os.PathLike)):
+            path = Path(model)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: ONNX model not found (export it with scripts/export.py)")
+            self.path, model = str(path.resolve()), str(path)
+        else:
+            self.path = f"<{model.get_friendly_name()}>"
+        self.precision = precision
         config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
                   "NUM_STREAMS": streams}
         try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+            self.compiled = ov.Core().compile_model(model, "CPU", config)
         except RuntimeError as e:
-            raise ValueError(f"{path}: OpenVINO cannot compile this model ({' '.join(str(e).split())[:300]})") from e
+            raise ValueError(f"{self.path}: OpenVINO cannot compile this model ({' '.join(str(e).split())[:300]})") from e
         if len(self.compiled.inputs) != 1:
-            raise ValueError(f"{path}: expected one input, the model has {len(self.compiled.inputs)}")
-        self.input_shape = tuple(self.compiled.input(0).get_partial_shape().to_shape())
+            raise ValueError(f"{self.path}: expected one input, the model has {len(self.compiled.inputs)}")
+        shape = self.compiled.input(0).get_partial_shape()
+        self.input_shape = tuple(d.get_length() if d.is_static else -1 for d in shape)  # -1: dynamic axis
+        self.streams = streams
         self.requests = ov.AsyncInferQueue(self.compiled, streams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = torch.as_tensor(x).detach().cpu().float().numpy()
-        if array.ndim != len(self.input_shape) or array.shape[1:] != self.input_shape[1:] or not len(array):
-            raise ValueError(f"{self.path} expects input shape (B>=1, {', '.join(map(str, self.input_shape[1:]))}), "
-                             f"got {tuple(array.shape)}")
-        outputs = [None] * len(array)
+        if array.ndim != len(self.input_shape) or not len(array) or any(
+                e not in (-1, a) for e, a in zip(self.input_shape[1:], array.shape[1:])):
+            shape = ", ".join("?" if e == -1 else str(e) for e in self.input_shape[1:])
+            raise ValueError(f"{self.path} expects input shape (B>=1, {shape}), got {tuple(array.shape)}")
+        step = 1 if self.input_shape[0] == 1 else max(1, -(-len(array) // self.streams))
+        chunks = [np.ascontiguousarray(array[i:i + step]) for i in range(0, len(array), step)]
+        outputs = [None] * len(chunks)
 
         def keep(request, index):
             outputs[index] = request.get_output_tensor(0).data.copy()
 
         self.requests.set_callback(keep)
-        for i in range(len(array)):
-            self.requests.start_async({0: np.ascontiguousarray(array[i:i + 1])}, userdata=i)
+        for i, chunk in enumerate(chunks):
+            self.requests.start_async({0: chunk}, userdata=i)
         self.requests.wait_all()
         return torch.from_numpy(np.concatenate(outputs)).to(x.device)
+
+
+def openvino_model(module: nn.Module, example: torch.Tensor):
+    """``openvino.Model`` of a PyTorch `module` (eval mode, float32, its current weights), traced on `example`, a
+    (B, C, H, W) input; the batch axis is left dynamic."""
+    import openvino as ov
+
+    module = module.eval().cpu().float()
+    example = torch.as_tensor(example).detach().cpu().float().contiguous()
+    with torch.no_grad():
+        model = ov.convert_model(module, example_input=example)
+    model.reshape({model.input(0): ov.PartialShape([-1, *example.shape[1:]])})
+    model.set_friendly_name(type(module).__name__)
+    return model

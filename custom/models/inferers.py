@@ -1,5 +1,5 @@
-"""Inferers for classifiers: reduced-precision forward (`AutocastInferer`) and test-time augmentation
-(`AffineTTAInferer`)."""
+"""Inferers for classifiers: reduced-precision forward (`AutocastInferer`), the network compiled by OpenVINO for the CPU
+(`OpenVinoInferer`) and test-time augmentation (`AffineTTAInferer`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from monai.inferers import Inferer
+from torch import nn
 
 PRECISIONS = ("float32", "bfloat16", "auto")
+BACKENDS = ("torch", "openvino", "onnxruntime")  # how an inference config runs its classifier
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -42,10 +45,59 @@ class AutocastInferer(Inferer):
         self.dtype = dtype
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        inputs = plain(inputs)
         if self.dtype == torch.float32:
             return network(inputs, *args, **kwargs)
         with torch.autocast(inputs.device.type, dtype=self.dtype):
             return network(inputs, *args, **kwargs).float()
+
+
+def plain(images: torch.Tensor) -> torch.Tensor:
+    """A batch without MONAI metadata (a `MetaTensor` routes every layer's op through Python; the batch dict keeps the
+    metadata for the handlers)."""
+    return images.as_tensor() if isinstance(images, MetaTensor) else images
+
+
+class OpenVinoInferer(Inferer):
+    """The network compiled by OpenVINO for the CPU (`custom.models.export.OpenVinoModule`, dynamic batch), in
+    ``dtype`` float32 (exact up to float32 rounding) or bfloat16 (OpenVINO's bf16 inference precision, approximate;
+    needs `native_bf16`): (B, C, H, W) -> float32 (B, num_classes) logits. The network is converted at the first call
+    with its weights of that moment and recompiled only when another network object is passed, so it serves
+    inference, not training. Speed and agreement with float32 PyTorch: docs/benchmarks.md, "CPU inference throughput".
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"OpenVinoInferer runs float32 or bfloat16, got {dtype}")
+        if dtype == torch.bfloat16 and not native_bf16("cpu"):
+            raise ValueError("bfloat16 needs a CPU with AMX or AVX-512 BF16; use precision 'auto' or 'float32'")
+        self.dtype = dtype
+        self.source: nn.Module | None = None
+        self.compiled: nn.Module | None = None
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
+        from custom.models.export import OpenVinoModule, openvino_model
+
+        inputs = plain(inputs)
+        if self.source is not network:
+            precision = "bf16" if self.dtype == torch.bfloat16 else "f32"
+            self.compiled = OpenVinoModule(openvino_model(network, inputs[:1]), precision)
+            self.source = network
+        return self.compiled(inputs)
+
+
+def classifier_inferer(backend: str, precision: str, device: torch.device | str) -> Inferer:
+    """The inference configs' `inferer` for their `backend`: "torch" (`AutocastInferer` in `precision` on `device`),
+    "openvino" (`OpenVinoInferer` in `precision`, CPU only) or "onnxruntime" (the network is an
+    `custom.models.export.OnnxModule`; float32, `precision` ignored)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if backend == "openvino":
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"backend 'openvino' runs on the CPU; got device {device} (use backend 'torch')")
+        return OpenVinoInferer(forward_dtype(precision, "cpu"))
+    return AutocastInferer(forward_dtype(precision if backend == "torch" else "float32", device))
 
 
 class AffineTTAInferer(Inferer):
