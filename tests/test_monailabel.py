@@ -117,6 +117,27 @@ def test_info_lists_both_classification_models(server):
         assert model["labels"] == {"NORMAL": 0, "PNEUMONIA": 1}
 
 
+def test_each_model_offers_only_its_own_checkpoint(server):
+    """`model_filename` lists the task's own file; asking the CNN for the MedSAM head (or any other file) is a 422
+    that names what is offered, and naming its own file works."""
+    import json
+
+    import requests
+
+    info = requests.get(f"{server}/info/", timeout=30).json()["models"]
+    offered = {name: info[name]["config"]["model_filename"] for name in CONFIGS}
+    assert offered == {MODEL: ["model.pt"], f"{MODEL}_medsam": ["medsam_head.pt"]}
+    image = IMAGES[0]
+    for filename, status in (("medsam_head.pt", 422), ("ensemble.pt", 422), ("model.pt", 200)):
+        response = requests.post(f"{server}/infer/{MODEL}", params={"output": "json"},
+                                 files={"file": (image.name, image.read_bytes())},
+                                 data={"params": json.dumps({"model_filename": filename})}, timeout=120)
+        assert response.status_code == status, (filename, response.text)
+        if status == 422:
+            assert f"model_filename '{filename}' is not served" in response.json()["detail"]
+            assert "['model.pt']" in response.json()["detail"]
+
+
 @pytest.mark.parametrize("model", list(CONFIGS))
 def test_infer_matches_bundle_inference(server, tmp_path, model):
     """Probabilities and decided label for each image equal those of `monai.bundle run` with the model's configs."""

@@ -9,7 +9,10 @@ and `models/model.pt` (`{"model": state_dict, "operating_point": {...}}`). Three
   HTTP 422 and the reader's message, instead of the 500 MONAI Label returns for any exception; every other error is
   the server's own and stays a 500 (the server logs its traceback);
 - the JSON answer adds the label decided at the checkpoint's operating point (`custom.models.trained_model`), so it matches
-  the bundle's own `inference.json` prediction (`predictions.csv`).
+  the bundle's own `inference.json` prediction (`predictions.csv`);
+- the `model_filename` option offers the task's own checkpoint only (the generic task lists every ``models/*.pt``, so
+  the CNN could be pointed at the MedSAM head and fail, or at the ensemble and decide with another model's
+  threshold); a request that names another file is answered with HTTP 422 naming the files offered.
 
 `MedSAMClassificationInfer` serves the bundle's second model the same way: `configs/inference_medsam.json` merged
 over `configs/inference.json` (LiteMedSAM encoder + head) and the head checkpoint `models/medsam_head.pt`.
@@ -53,11 +56,19 @@ class CXRClassificationInfer(BundleInferTask):
         self.operating_point = OperatingPoint.from_checkpoint(checkpoint)
         self.class_names = bundle_info(bundle_root)["class_names"]
         self.labels = {name: i for i, name in enumerate(self.class_names)}  # MONAI Label lower-cases them
+        self._config["model_filename"] = [os.path.basename(self.path[0])]  # the checkpoint the operating point is from
 
     def __call__(self, request, callbacks=None):
         """MONAI Label's inference; a failed request removes its upload copy, and only bad input (the upload is no
-        readable image) becomes HTTP 422: any other error goes on, to be answered with 500."""
+        readable image, or `model_filename` names a file this model does not offer) becomes HTTP 422: any other
+        error goes on, to be answered with 500."""
         try:
+            requested = request.get("model_filename")
+            if requested:
+                name = requested if isinstance(requested, str) else requested[0]
+                if name not in self._config["model_filename"]:
+                    raise HTTPException(status_code=422, detail=f"model_filename {name!r} is not served by this "
+                                                                f"model; offered: {self._config['model_filename']}")
             return super().__call__(request, callbacks)
         except Exception as err:
             path = request.get("image")
