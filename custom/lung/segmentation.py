@@ -107,9 +107,7 @@ def load_lung_unet_openvino(path: str, precision: str = "f32") -> torch.nn.Modul
     `custom.models.export.OpenVinoModule`), once per (path, precision): (B, 1, 128, 128) -> (B, 2, 128, 128) logits."""
     from custom.models.export import OpenVinoModule, openvino_model
 
-    net = build_lung_unet()
-    net.load_state_dict(load_lung_unet(path, "cpu").state_dict())
-    return OpenVinoModule(openvino_model(net, torch.zeros(1, 1, *SEG_SIZE)), precision)
+    return OpenVinoModule(openvino_model(load_lung_unet(path, "cpu"), torch.zeros(1, 1, *SEG_SIZE)), precision)
 
 
 _FULL_CONNECTIVITY = ndimage.generate_binary_structure(2, 2)  # 8-neighbourhood, as MONAI's default

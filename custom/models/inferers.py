@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.utils import convert_to_tensor
 from torch import nn
 
 PRECISIONS = ("float32", "bfloat16", "auto")
@@ -45,17 +45,11 @@ class AutocastInferer(Inferer):
         self.dtype = dtype
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
-        inputs = plain(inputs)
+        inputs = convert_to_tensor(inputs, track_meta=False)  # a MetaTensor sends every layer's op through Python
         if self.dtype == torch.float32:
             return network(inputs, *args, **kwargs)
         with torch.autocast(inputs.device.type, dtype=self.dtype):
             return network(inputs, *args, **kwargs).float()
-
-
-def plain(images: torch.Tensor) -> torch.Tensor:
-    """A batch without MONAI metadata (a `MetaTensor` routes every layer's op through Python; the batch dict keeps the
-    metadata for the handlers)."""
-    return images.as_tensor() if isinstance(images, MetaTensor) else images
 
 
 class OpenVinoInferer(Inferer):
@@ -79,7 +73,7 @@ class OpenVinoInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         from custom.models.export import OpenVinoModule, openvino_model
 
-        inputs = plain(inputs)
+        inputs = convert_to_tensor(inputs, track_meta=False)  # a MetaTensor sends every layer's op through Python
         if self.source is not network:
             precision = "bf16" if self.dtype == torch.bfloat16 else "f32"
             self.compiled = OpenVinoModule(openvino_model(network, inputs[:1]), precision)
