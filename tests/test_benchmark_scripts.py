@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from custom.evaluation.metrics import binary_metrics
@@ -243,3 +244,29 @@ def test_benchmark_fusion_averages_the_two_models_and_decides_on_validation(tmp_
         run_script("benchmark_fusion.py", "--a", str(tmp_path / "cnn" / "seed{seed}"), "--b",
                    str(tmp_path / "medsam" / "seed{seed}"), "--seeds", "0", "--n_boot", "10",
                    "--results_file", tmp_path / "fusion2.json", monkeypatch=monkeypatch, capsys=capsys)
+
+
+def test_benchmark_few_labels_curve_results_and_plot(tmp_path, monkeypatch, capsys):
+    """3 + 3 images per part of the real adult split, the embedded pediatric sample: budget 0 (the shipped model as
+    it is) and 2 labels (one per class) fine-tuned for one step; both domains in the results, the curve written."""
+    from custom.data.datalists import write_datalist
+    from tests.test_adabn import adult_datalist
+
+    write_datalist(adult_datalist(per_class=3), tmp_path / "adult.json")
+    out = run_script("benchmark_few_labels.py", "--dataset_dir", SHARED, "--datalist_file", tmp_path / "adult.json",
+                     "--pediatric_dir", SAMPLE, "--budgets", "0,2", "--seeds", "0", "--output_dir", tmp_path / "runs",
+                     "--extra=--image_size [64,64] --batch_size 4 --min_epoch_items 4 --train_samples 4",
+                     "--results_file", tmp_path / "few.json", "--plot_file", tmp_path / "few.png",
+                     monkeypatch=monkeypatch, capsys=capsys)
+    result = json.loads((tmp_path / "few.json").read_text())
+    check_record(result, "benchmark_few_labels.py")
+    assert "Rule: none across budgets" in out and "| 2 labels | 1 |" in out
+    assert set(result["runs"]) == {"0", "2"} and set(result["runs"]["2"]) == {"seed0"}
+    for budget, run in (("0", "init"), ("2", "seed0")):
+        parts = result["runs"][budget][run]
+        assert parts["adult_validation"]["n"] == parts["adult_test"]["n"] == 6
+        assert parts["pediatric_test"]["n"] == 60
+        assert result["summary"][budget]["adult_test"]["roc_auc"]["mean"] == parts["adult_test"]["roc_auc"]
+    tuned = torch.load(tmp_path / "runs" / "labels=2" / "seed0" / "models" / "model.pt", weights_only=True)
+    assert tuned["provenance"]["config"]["label_budget"] == 2
+    assert Image.open(tmp_path / "few.png").size[0] > 300

@@ -116,6 +116,22 @@ def test_resume_refuses_a_checkpoint_of_other_data_then_starts_over(trained, tmp
     assert changed.returncode != 0 and "its config differ" in changed.stdout + changed.stderr
 
 
+def test_finetune_starts_from_the_init_checkpoint_on_a_label_budget(tmp_path):
+    """configs/finetune.json: the weights start from the shipped model (one step at lr 1e-4 leaves them within a
+    few per cent of it), and the training part is the budget's items, repeated to min_epoch_items."""
+    result = bundle("run", "training", "--config_file", "['configs/train.json','configs/finetune.json']",
+                    "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"), *FAST,
+                    "--label_budget", "4", "--min_epoch_items", "16", "--train_samples", "16", "--make_plots", "False")
+    assert "Epoch[1] Complete" in result.stdout + result.stderr and "Epoch[2]" not in result.stdout + result.stderr
+    tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    shipped = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    for name in ("net.conv1.weight", "net.fc.weight"):
+        change = (tuned["model"][name] - shipped[name]).abs().mean() / shipped[name].abs().mean()
+        assert 0 < change < 0.05, (name, change)
+    assert tuned["provenance"]["datalist_sizes"]["training"] > 16  # the whole part is recorded; 4 of it trained
+    assert tuned["provenance"]["config"]["label_budget"] == 4
+
+
 def test_seeds_share_the_validation_split_of_one_split_seed():
     from monai.bundle import ConfigParser
 

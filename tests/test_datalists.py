@@ -352,6 +352,26 @@ def test_resolve_datalist(tmp_path, kermany):
         dl.resolve_datalist(KERMANY, layout="unknown")
 
 
+def test_label_budget_is_stratified_nested_seeded_and_repeated():
+    """On the real adult training part (576 NORMAL / 286 COVID-19): class shares kept, a smaller budget's items are a
+    subset of a larger one's for one seed, another seed draws others, small budgets are repeated to `min_items`."""
+    training = dl.load_datalist(REPO / "data" / "datalists" / "adult_split.json", base_dir=SHARED)["training"]
+    chosen = {}
+    for budget in (25, 50, 100, 200):
+        items = dl.label_budget(training, budget, seed=1, min_items=256)
+        unique = {item["image"]: item for item in items}
+        assert len(unique) == budget and len(items) >= 256 and len(items) % budget == 0
+        assert abs(counts(list(unique.values()))[1] - budget * 286 / 862) < 1  # largest-remainder share
+        chosen[budget] = set(unique)
+    assert chosen[25] < chosen[50] < chosen[100] < chosen[200]
+    assert {i["image"] for i in dl.label_budget(training, 25, seed=2)} != chosen[25]
+    assert dl.label_budget(training, 25, seed=1) == dl.label_budget(training, 25, seed=1)[:25]
+    assert dl.label_budget(training, None) == training == dl.label_budget(training, 5000)
+    assert counts(dl.label_budget(training, 2, seed=0)) == [1, 1]
+    with pytest.raises(ValueError, match="below the number of classes"):
+        dl.label_budget(training, 1)
+
+
 def test_split_summary(kermany):
     summary = dl.split_summary(kermany)
     assert summary["test"] == {"items": 624, "patients": len(patients(kermany["test"])),

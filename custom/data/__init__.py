@@ -1,6 +1,7 @@
 from .checks import inference_items, partition_readable, require_labels, require_readable, write_bad_files
 from .datalists import (
     build_kermany,
+    label_budget,
     class_weights,
     load_datalist,
     resolve_datalist,

@@ -363,3 +363,34 @@ def split_summary(datalist: dict) -> dict:
         }
     summary["skipped_files"] = datalist.get("skipped_files", 0)
     return summary
+
+
+def label_budget(items: Sequence[dict], budget: int | None, seed: int = 0, min_items: int = 0) -> list[dict]:
+    """The labelled training items of a few-label run: `budget` of `items`, stratified by label (largest-remainder
+    shares of the class frequencies, at least one per class), drawn from one seeded permutation per class, so that
+    for a given `seed` a smaller budget's items are a subset of a larger one's (a learning curve over nested sets).
+    The selection is repeated in order until it holds at least `min_items` entries, so that an epoch of a tiny
+    budget is still a few optimiser steps. `budget` None or >= len(items): every item (repeated likewise)."""
+    by_label = defaultdict(list)  # label -> indices into items
+    for index, item in enumerate(items):
+        by_label[item["label"]].append(index)
+    if budget is None or budget >= len(items):
+        chosen = list(items)
+    else:
+        if budget < len(by_label):
+            raise ValueError(f"label budget {budget} is below the number of classes ({len(by_label)}): "
+                             "every class needs at least one labelled item")
+        labels = sorted(by_label)
+        shares = {label: budget * len(by_label[label]) / len(items) for label in labels}
+        counts = {label: max(1, int(shares[label])) for label in labels}
+        by_remainder = sorted(labels, key=lambda label: (shares[label] - int(shares[label]), -label), reverse=True)
+        for label in by_remainder[:max(0, budget - sum(counts.values()))]:
+            counts[label] += 1
+        picked = []
+        for label in labels:
+            order = list(by_label[label])
+            random.Random(f"{seed}-{label}").shuffle(order)
+            picked += order[:counts[label]]
+        chosen = [items[i] for i in sorted(picked)]
+    repeats = max(1, -(-min_items // len(chosen))) if chosen else 1
+    return chosen * repeats

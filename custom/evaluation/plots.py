@@ -88,6 +88,25 @@ def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
     save_figure(fig, path)
 
 
+def plot_label_curve(labels: Sequence[int], curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+                     path: str | os.PathLike, ylabel: str = "ROC-AUC", title: str | None = None) -> None:
+    """A learning curve: per name, mean (line) and standard deviation (error bar) of a metric against the number of
+    labelled training images (symmetric-log axis, so that 0 labels is shown)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (means, stds) in curves.items():
+        ax.errorbar(labels, means, yerr=stds, marker="o", capsize=3, label=name)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xticks(list(labels))
+    ax.set_xticklabels([str(n) for n in labels])
+    ax.set_xlabel("labelled target training images")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
 def plot_confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike,
                           title: str = "Confusion matrix") -> None:
     """Counts with row-normalised shading (rows = truth, columns = prediction)."""
