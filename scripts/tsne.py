@@ -8,6 +8,9 @@ Examples (from the repo root):
     # penultimate features (512-d) of the shipped ResNet18 for a datalist JSON
     python scripts/tsne.py --datalist datalist.json --source checkpoint --ckpt_path models/model.pt \
         --output runs/eval/tsne_cnn.png
+
+With `--results_file`, also writes (atomically) what was plotted and, for two domains, the domain classifier's
+cross-validated ROC-AUC in that feature space (`custom.evaluation.tsne.domain_separability`).
 """
 
 import os
@@ -28,7 +31,9 @@ from custom.data.datalists import (  # noqa: E402
     build_kermany,
     load_datalist,
 )
-from custom.evaluation.tsne import cached_embeddings, penultimate_features, tsne_plot  # noqa: E402
+from custom.evaluation.timing import run_record  # noqa: E402
+from custom.evaluation.tsne import cached_embeddings, domain_separability, penultimate_features, tsne_plot  # noqa: E402
+from custom.io import write_json  # noqa: E402
 from custom.medsam.embedding_cache import EmbeddingCache  # noqa: E402
 from custom.medsam.encoders import build_encoder  # noqa: E402
 from custom.models.trained_model import load_bundle  # noqa: E402
@@ -41,14 +46,15 @@ def _as_list(value) -> list:
 
 
 def gather_items(datalist=None, dataset_dir=None, layout="kermany", class_map=None, splits="test",
-                 max_per_domain=None, seed: int = 0) -> list[dict]:
-    """Items of `splits` from datalist JSON(s) and dataset folder(s) (one `layout` each, or one for all), at most
-    `max_per_domain` per domain (seeded random choice)."""
+                 max_per_domain=None, seed: int = 0, base_dir=None) -> list[dict]:
+    """Items of `splits` from datalist JSON(s) (relative image paths resolved against `base_dir`, default each
+    JSON's folder) and dataset folder(s) (one `layout` each, or one for all), at most `max_per_domain` per domain
+    (seeded random choice)."""
     names = splits.split(",") if isinstance(splits, str) else list(splits)
     unknown = [s for s in names if s not in SPLITS]
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
-    lists = [load_datalist(path) for path in _as_list(datalist)]
+    lists = [load_datalist(path, base_dir) for path in _as_list(datalist)]
     dirs, layouts = _as_list(dataset_dir), _as_list(layout)
     layouts = layouts * len(dirs) if len(layouts) == 1 else layouts
     if len(layouts) != len(dirs):
@@ -78,7 +84,8 @@ def main(output: str = "runs/eval/tsne.png", datalist=None, dataset_dir=None, la
          splits="test", max_per_domain: int | None = None, source: str = "medsam", cache_dir: str = "runs/embeddings",
          variant: str = "lite", encoder_checkpoint: str | None = None, ckpt_path: str = "models/model.pt",
          config_file="configs/train.json", num_classes: int = 2, perplexity: float = 30.0, seed: int = 0,
-         batch_size: int = 16, device: str | None = None) -> None:
+         batch_size: int = 16, device: str | None = None, results_file: str | None = None,
+         base_dir: str | None = None) -> None:
     """Write the t-SNE PNG `output` for the images of `splits` (comma-separated).
 
     source "medsam": average-pooled (256-d) MedSAM embeddings from the cache in `cache_dir` (missing ones are
@@ -88,7 +95,7 @@ def main(output: str = "runs/eval/tsne.png", datalist=None, dataset_dir=None, la
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
-    items = gather_items(datalist, dataset_dir, layout, class_map, splits, max_per_domain, seed)
+    items = gather_items(datalist, dataset_dir, layout, class_map, splits, max_per_domain, seed, base_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if source == "medsam":
         cache = EmbeddingCache(cache_dir, build_encoder(variant, encoder_checkpoint))
@@ -101,7 +108,16 @@ def main(output: str = "runs/eval/tsne.png", datalist=None, dataset_dir=None, la
                                                batch_size, device)
         title = f"t-SNE, {Path(ckpt_path).name} features"
     tsne_plot(features, items, output, perplexity, seed, title)
-    print(f"{output}: {len(items)} images, {features.shape[1]}-d features")
+    domains = [str(it.get("domain", "unknown")) for it in items]
+    result = {**run_record(device), "output": output, "source": source,
+              "features": ckpt_path if source == "checkpoint" else f"medsam {variant}", "images": len(items),
+              "feature_dim": int(features.shape[1]), "per_domain": {d: domains.count(d) for d in sorted(set(domains))}}
+    if len(set(domains)) == 2:
+        result["domain_classifier_roc_auc"] = round(domain_separability(features, domains, seed=seed), 4)
+    print(f"{output}: {len(items)} images, {features.shape[1]}-d features, domain classifier ROC-AUC "
+          f"{result.get('domain_classifier_roc_auc', 'n/a (one domain)')}")
+    if results_file:
+        write_json(result, results_file)
 
 
 if __name__ == "__main__":

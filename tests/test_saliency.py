@@ -3,6 +3,7 @@ SaliencyHandler through `configs/saliency.json` on 6 real test images, and t-SNE
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from custom.data.datalists import build_covid_radiography, kermany_items, write_
 from custom.data.transforms import LoadCXR
 from custom.evaluation import SaliencyHandler
 from custom.evaluation.saliency import Saliency, default_target_layer
-from custom.evaluation.tsne import cached_embeddings, tsne_2d
+from custom.evaluation.tsne import cached_embeddings, domain_separability, tsne_2d
 from custom.medsam.embedding_cache import EmbeddingCache
 from custom.medsam.encoders import build_encoder, encoder_preprocess
 from custom.medsam.heads import MedSAMClassifier
@@ -194,7 +195,11 @@ def test_tsne_script_on_two_domains(tmp_path):
     write_datalist(adult, tmp_path / "adult.json")
     output = tmp_path / "tsne_cnn.png"
     script.main(output=str(output), datalist=[str(tmp_path / "pediatric.json"), str(tmp_path / "adult.json")],
-                max_per_domain=20, source="checkpoint", ckpt_path=str(MODEL), device="cpu")
+                max_per_domain=20, source="checkpoint", ckpt_path=str(MODEL), device="cpu",
+                results_file=str(tmp_path / "tsne.json"))
+    result = json.loads((tmp_path / "tsne.json").read_text())
+    assert result["per_domain"] == {"adult": 20, "pediatric": 20} and result["feature_dim"] == 512
+    assert 0.5 <= result["domain_classifier_roc_auc"] <= 1.0  # children and adults: far from indistinguishable
     image = np.asarray(Image.open(output).convert("RGB"))
     assert image.shape[1] > 2 * image.shape[0] * 0.8  # two panels side by side
     items = script.gather_items(datalist=[str(tmp_path / "pediatric.json"), str(tmp_path / "adult.json")],
@@ -204,3 +209,14 @@ def test_tsne_script_on_two_domains(tmp_path):
     assert coords.shape == (12, 2) and np.isfinite(coords).all()
     with pytest.raises(ValueError, match="at least 5"):
         tsne_2d(np.zeros((3, 8)))
+
+
+def test_domain_separability_tells_separable_from_mixed_domains():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 16))
+    domains = ["a"] * 100 + ["b"] * 100
+    assert abs(domain_separability(features, domains) - 0.5) < 0.1  # same distribution: chance
+    shifted = features + np.r_[np.zeros((100, 16)), np.full((100, 16), 1.0)]
+    assert domain_separability(shifted, domains) > 0.95
+    with pytest.raises(ValueError, match="exactly two domains"):
+        domain_separability(features, ["a"] * 200)

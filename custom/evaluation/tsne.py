@@ -1,5 +1,6 @@
 """t-SNE maps of image embeddings, coloured by class and by domain: pooled MedSAM embeddings from the embedding
-cache, or a trained network's penultimate features (the input of its last linear layer)."""
+cache, or a trained network's penultimate features (the input of its last linear layer); and how separable the
+domains are in that feature space (a cross-validated domain classifier's ROC-AUC)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.model_selection import StratifiedKFold, cross_val_predict  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
 from torch import nn  # noqa: E402
 
 from custom.evaluation.plots import save_figure  # noqa: E402
@@ -63,6 +68,23 @@ def penultimate_features(model: nn.Module, items: Sequence[Mapping], load: Calla
         hook.remove()
     features = torch.cat(captured).flatten(1).numpy() if captured else np.zeros((0, 0), np.float32)
     return features, kept
+
+
+def domain_separability(features: np.ndarray, domains: Sequence[str], folds: int = 5, seed: int = 0) -> float:
+    """ROC-AUC of a linear domain classifier (standardised features, logistic regression) on (N, F) features of two
+    domains, each image scored by the model of the `folds`-fold stratified cross-validation that did not see it:
+    0.5 = the domains are indistinguishable in this feature space, 1.0 = linearly separable."""
+    from sklearn.metrics import roc_auc_score
+
+    names = sorted(set(domains))
+    if len(names) != 2:
+        raise ValueError(f"domain separability needs exactly two domains, got {names}")
+    target = (np.asarray(domains) == names[1]).astype(int)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    scores = cross_val_predict(model, np.asarray(features, dtype=np.float64), target, cv=splits,
+                               method="predict_proba")[:, 1]
+    return float(roc_auc_score(target, scores))
 
 
 def tsne_2d(features: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
