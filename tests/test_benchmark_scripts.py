@@ -246,21 +246,24 @@ def test_benchmark_fusion_averages_the_two_models_and_decides_on_validation(tmp_
                    "--results_file", tmp_path / "fusion2.json", monkeypatch=monkeypatch, capsys=capsys)
 
 
-def test_benchmark_few_labels_curve_results_and_plot(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("method", ["finetune", "joint"])
+def test_benchmark_few_labels_curve_results_and_plot(tmp_path, monkeypatch, capsys, method):
     """3 + 3 images per part of the real adult split, the embedded pediatric sample: budget 0 (the shipped model as
-    it is) and 2 labels (one per class) fine-tuned for one step; both domains in the results, the curve written."""
+    it is) and 2 labels (one per class) trained for one step, alone or with 4 replayed pediatric images; both domains
+    in the results, the curve written."""
     from custom.data.datalists import write_datalist
     from tests.test_adabn import adult_datalist
 
     write_datalist(adult_datalist(per_class=3), tmp_path / "adult.json")
     out = run_script("benchmark_few_labels.py", "--dataset_dir", SHARED, "--datalist_file", tmp_path / "adult.json",
-                     "--pediatric_dir", SAMPLE, "--budgets", "0,2", "--seeds", "0", "--output_dir", tmp_path / "runs",
-                     "--extra=--image_size [64,64] --batch_size 4 --min_epoch_items 4 --train_samples 4",
+                     "--pediatric_dir", SAMPLE, "--method", method, "--budgets", "0,2", "--seeds", "0",
+                     "--output_dir", tmp_path / "runs",
+                     "--extra=--image_size [64,64] --batch_size 4 --min_epoch_items 4 --train_samples 4 --replay_items 4",
                      "--results_file", tmp_path / "few.json", "--plot_file", tmp_path / "few.png",
                      monkeypatch=monkeypatch, capsys=capsys)
     result = json.loads((tmp_path / "few.json").read_text())
     check_record(result, "benchmark_few_labels.py")
-    assert "Rule: none across budgets" in out and "| 2 labels | 1 |" in out
+    assert "Rule: none across budgets" in out and "| 2 labels | 1 |" in out and result["method"] == method
     assert set(result["runs"]) == {"0", "2"} and set(result["runs"]["2"]) == {"seed0"}
     for budget, run in (("0", "init"), ("2", "seed0")):
         parts = result["runs"][budget][run]
@@ -269,4 +272,20 @@ def test_benchmark_few_labels_curve_results_and_plot(tmp_path, monkeypatch, caps
         assert result["summary"][budget]["adult_test"]["roc_auc"]["mean"] == parts["adult_test"]["roc_auc"]
     tuned = torch.load(tmp_path / "runs" / "labels=2" / "seed0" / "models" / "model.pt", weights_only=True)
     assert tuned["provenance"]["config"]["label_budget"] == 2
+    trained_on = 2 if method == "finetune" else 2 + 4  # the adult labels, and the replayed pediatric images
+    assert result["configs"][-1] == ("configs/finetune.json" if method == "finetune" else "configs/finetune_joint.json")
+    assert trained_on == len({*_trained_images(tmp_path / "runs" / "labels=2" / "seed0")})
     assert Image.open(tmp_path / "few.png").size[0] > 300
+
+
+def _trained_images(run: Path) -> list[str]:
+    """The distinct images a benchmark run trained on, from its resolved config."""
+    from monai.bundle import ConfigParser
+
+    from custom.evaluation.benchmark import parse_overrides
+
+    record = json.loads((run / "run.json").read_text())
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / c) for c in record["configs"]])
+    parser.update({"bundle_root": str(ROOT), **parse_overrides(record["args"])})
+    return [item["image"] for item in parser.get_parsed_content("train_items")]

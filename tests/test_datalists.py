@@ -372,6 +372,22 @@ def test_label_budget_is_stratified_nested_seeded_and_repeated():
         dl.label_budget(training, 1)
 
 
+def test_joint_label_budget_adds_a_stratified_replay_of_the_other_domain(kermany):
+    """Real pediatric training part + real adult training part: the adult budget as `label_budget` draws it, then
+    `replay` pediatric items once each, stratified; None replays every pediatric item; an absent domain is named."""
+    adult = dl.load_datalist(REPO / "data" / "datalists" / "adult_split.json", base_dir=SHARED)["training"]
+    pediatric = [{**item, "domain": "pediatric"} for item in kermany["training"]]
+    items = dl.joint_label_budget(pediatric + adult, "adult", 25, 300, seed=1, min_items=256)
+    assert items[:-300] == dl.label_budget(adult, 25, seed=1, min_items=256)
+    replayed = items[-300:]
+    assert {i["domain"] for i in replayed} == {"pediatric"} and len({i["image"] for i in replayed}) == 300
+    share = counts(pediatric)[1] / len(pediatric)
+    assert abs(counts(replayed)[1] - 300 * share) < 1
+    assert len(dl.joint_label_budget(pediatric + adult, "adult", 25, None, seed=1)) == 25 + len(pediatric)
+    with pytest.raises(ValueError, match="no training items of domain 'rsna'"):
+        dl.joint_label_budget(pediatric + adult, "rsna", 25, 300)
+
+
 def test_split_summary(kermany):
     summary = dl.split_summary(kermany)
     assert summary["test"] == {"items": 624, "patients": len(patients(kermany["test"])),

@@ -1,8 +1,9 @@
 from .checks import inference_items, partition_readable, require_labels, require_readable, write_bad_files
 from .datalists import (
     build_kermany,
-    label_budget,
     class_weights,
+    joint_label_budget,
+    label_budget,
     load_datalist,
     resolve_datalist,
     write_datalist,

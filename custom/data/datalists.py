@@ -394,3 +394,16 @@ def label_budget(items: Sequence[dict], budget: int | None, seed: int = 0, min_i
         chosen = [items[i] for i in sorted(picked)]
     repeats = max(1, -(-min_items // len(chosen))) if chosen else 1
     return chosen * repeats
+
+
+def joint_label_budget(items: Sequence[dict], domain: str, budget: int | None, replay: int | None, seed: int = 0,
+                       min_items: int = 0) -> list[dict]:
+    """Few-label joint training: `budget` labelled items of `domain` (`label_budget`, repeated to `min_items`) with
+    `replay` items of the other domains (stratified and seeded the same way, once each; None: all of them), so that
+    a model adapted to the new domain keeps rehearsing the one it was trained on."""
+    target = [item for item in items if item.get("domain") == domain]
+    if not target:
+        found = sorted({str(item.get("domain")) for item in items})
+        raise ValueError(f"no training items of domain {domain!r} (domains found: {found})")
+    others = [item for item in items if item.get("domain") != domain]
+    return label_budget(target, budget, seed, min_items) + (label_budget(others, replay, seed) if others else [])
