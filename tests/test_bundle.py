@@ -130,6 +130,9 @@ def test_finetune_starts_from_the_init_checkpoint_on_a_label_budget(tmp_path):
         assert 0 < change < 0.05, (name, change)
     assert tuned["provenance"]["datalist_sizes"]["training"] > 16  # the whole part is recorded; 4 of it trained
     assert tuned["provenance"]["config"]["label_budget"] == 4
+    from custom.io import file_sha256
+
+    assert tuned["provenance"]["init_checkpoint"]["sha256"] == file_sha256(ROOT / "models" / "model.pt")
 
 
 def test_seeds_share_the_validation_split_of_one_split_seed():

@@ -2,8 +2,8 @@
 
 A checkpoint's ``provenance`` (`Provenance.state_dict()`) records the bundle name and version, the git commit, the
 command line, the merged config with its command-line overrides and its hash, ``seed`` and ``split_seed``, the
-datalist hash and split sizes, start / save / resume times, torch / MONAI / Python versions and the device.
-``config_hash`` + ``datalist_hash`` identify a run: resuming refuses a checkpoint whose pair differs
+datalist hash and split sizes, start / save / resume times, torch / MONAI / Python versions, the device and, for a
+fine-tuning run, the checkpoint its weights started from (path and sha256). ``config_hash`` + ``datalist_hash`` identify a run: resuming refuses a checkpoint whose pair differs
 (`custom.training.prepare_checkpoint_dir`), and the benchmark scripts rerun a stored run whose key differs.
 """
 
@@ -24,6 +24,8 @@ from pathlib import Path
 import monai
 import torch
 from monai.bundle import ConfigParser
+
+from custom.io import file_sha256
 
 # ids that say where a run reads / writes or how fast and how long it runs, not what it learns: left out of the
 # config hash (the data itself is covered by the datalist hash; `max_epochs` so a finished run can be extended)
@@ -105,10 +107,11 @@ class Provenance:
         datalist: the run's datalist (hashed; split sizes recorded).
         device: where the run trains.
         config: the merged config; default: the config of the bundle run that builds this object.
+        init_checkpoint: the checkpoint the weights start from (fine-tuning), recorded by path and sha256.
     """
 
     def __init__(self, bundle_root: str, seed: int, split_seed: int, datalist: Mapping, device=None,
-                 config: Mapping | None = None) -> None:
+                 config: Mapping | None = None, init_checkpoint: str | os.PathLike | None = None) -> None:
         config = active_config() if config is None else dict(config)
         meta = (config or {}).get("_meta_", {})
         self.record = {
@@ -130,6 +133,9 @@ class Provenance:
             "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         }
+        if init_checkpoint is not None:
+            self.record["init_checkpoint"] = {"path": os.fspath(init_checkpoint),
+                                              "sha256": file_sha256(init_checkpoint)}
 
     def state_dict(self) -> dict:
         """The record, stamped with the time of this save."""
