@@ -3,8 +3,9 @@
 A checkpoint's ``provenance`` (`Provenance.state_dict()`) records the bundle name and version, the git commit, the
 command line, the merged config with its command-line overrides and its hash, ``seed`` and ``split_seed``, the
 datalist hash and split sizes, start / save / resume times, torch / MONAI / Python versions, the device and, for a
-fine-tuning run, the checkpoint its weights started from (path and sha256). ``config_hash`` + ``datalist_hash`` identify a run: resuming refuses a checkpoint whose pair differs
-(`custom.training.prepare_checkpoint_dir`), and the benchmark scripts rerun a stored run whose key differs.
+fine-tuning run, the checkpoint its weights started from (path and sha256). ``config_hash`` + ``datalist_hash``
+identify a run: resuming refuses a checkpoint whose pair differs (`custom.training.prepare_checkpoint_dir`), and the
+benchmark scripts rerun a stored run whose key differs.
 """
 
 from __future__ import annotations
