@@ -15,8 +15,8 @@ budget (same compute per point of the curve):
 Budget 0 is `init_ckpt` evaluated as it is (one row, no seed). Setting: few labels (issue 12): the adult labels read
 for choices are the budget's training items and the adult validation part (288 images); the adult test part and the
 pediatric official test are reported only. Writes per-run metrics and mean +- std per budget to `--results_file`,
-the curve to `--plot_file` (written into an evaluation's output folder, it also shows in that report.html), and
-prints the tables.
+the curve to `--plot_file` (and, with budget 0, into that evaluation's adult-test folder, whose report.html is rebuilt
+to show it), and prints the tables.
 
     python scripts/benchmark_few_labels.py --dataset_dir ../shared/data --datalist_file data/datalists/adult_split.json \\
         --pediatric_dir ../shared/data/pediatric_cxr --init_ckpt models/model.pt --method finetune \\
@@ -24,6 +24,7 @@ prints the tables.
 """
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from custom.evaluation.benchmark import (  # noqa: E402
     train_and_evaluate,
 )
 from custom.evaluation.plots import plot_label_curve  # noqa: E402
+from custom.evaluation.report_html import build_report  # noqa: E402
 from custom.evaluation.timing import run_record  # noqa: E402
 from custom.io import write_json  # noqa: E402
 
@@ -126,6 +128,10 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
                   for part, label in (("adult_test", "adult test"), ("pediatric_test", "pediatric official test"))}
         title = {"finetune": "Fine-tuning", "joint": "Joint training (pediatric replay)"}[method]
         plot_label_curve(counts, curves, plot_file, title=f"{title}: pediatric model + adult labels")
+        baseline = Path(output_dir, "labels=0", "adult_test")
+        if baseline.is_dir():  # the report of the model before adaptation shows the curve as a gallery
+            shutil.copyfile(plot_file, baseline / f"few_labels_{method}.png")
+            build_report(baseline)
     if results_file:
         write_json(summary, results_file)
 

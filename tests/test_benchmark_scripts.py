@@ -276,6 +276,8 @@ def test_benchmark_few_labels_curve_results_and_plot(tmp_path, monkeypatch, caps
     assert result["configs"][-1] == ("configs/finetune.json" if method == "finetune" else "configs/finetune_joint.json")
     assert trained_on == len({*_trained_images(tmp_path / "runs" / "labels=2" / "seed0")})
     assert Image.open(tmp_path / "few.png").size[0] > 300
+    page = (tmp_path / "runs" / "labels=0" / "adult_test" / "report.html").read_text()
+    assert f"<code>few_labels_{method}.png</code>" in page
 
 
 def _trained_images(run: Path) -> list[str]:
