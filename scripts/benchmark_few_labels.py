@@ -121,7 +121,7 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
         print(markdown_table({f"{b} labels": s[part] for b, s in summary["summary"].items()}, len(parse_list(seeds, int))))
     print(f"Rule: {rule}")
     if plot_file:
-        names = list(summary["summary"])
+        names = sorted(summary["summary"], key=lambda name: _count(name, datalist_file, dataset_dir))
         counts = [_count(name, datalist_file, dataset_dir) for name in names]
         curves = {label: ([summary["summary"][n][part]["roc_auc"]["mean"] for n in names],
                           [summary["summary"][n][part]["roc_auc"]["std"] for n in names])
