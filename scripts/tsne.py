@@ -85,13 +85,14 @@ def main(output: str = "runs/eval/tsne.png", datalist=None, dataset_dir=None, la
          variant: str = "lite", encoder_checkpoint: str | None = None, ckpt_path: str = "models/model.pt",
          config_file="configs/train.json", num_classes: int = 2, perplexity: float = 30.0, seed: int = 0,
          batch_size: int = 16, device: str | None = None, results_file: str | None = None,
-         base_dir: str | None = None) -> None:
+         base_dir: str | None = None, label: str | None = None) -> None:
     """Write the t-SNE PNG `output` for the images of `splits` (comma-separated).
 
     source "medsam": average-pooled (256-d) MedSAM embeddings from the cache in `cache_dir` (missing ones are
     computed; variant "lite" or "vit_b" with --encoder_checkpoint). source "checkpoint": the input of the last linear
     layer of `config_file`'s ``network_def`` (``num_classes`` outputs) with the weights of `ckpt_path` (`load_bundle`),
-    on images preprocessed by the config's ``preprocessing``.
+    on images preprocessed by the config's ``preprocessing``. label: what the plot titles call the features' source
+    (default: the MedSAM variant or the checkpoint's file name).
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
@@ -100,13 +101,13 @@ def main(output: str = "runs/eval/tsne.png", datalist=None, dataset_dir=None, la
     if source == "medsam":
         cache = EmbeddingCache(cache_dir, build_encoder(variant, encoder_checkpoint))
         features, items = cached_embeddings(items, cache, batch_size, device)
-        title = f"t-SNE, MedSAM {variant} embeddings"
+        title = f"t-SNE, {label or f'MedSAM {variant}'} embeddings"
     else:
         model = load_bundle(REPO_ROOT, [os.path.abspath(f) for f in _as_list(config_file)], ckpt_path,
                             num_classes=num_classes)
         features, items = penultimate_features(model.network, items, lambda item: model.preprocessing(dict(item)),
                                                batch_size, device)
-        title = f"t-SNE, {Path(ckpt_path).name} features"
+        title = f"t-SNE, {label or Path(ckpt_path).name} features"
     tsne_plot(features, items, output, perplexity, seed, title)
     domains = [str(it.get("domain", "unknown")) for it in items]
     result = {**run_record(device), "output": output, "source": source,
