@@ -12,6 +12,7 @@ converted in memory (`openvino_model`).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -266,11 +267,11 @@ class OpenVinoModule(nn.Module):
 
 
 def openvino_model(module: nn.Module, example: torch.Tensor):
-    """``openvino.Model`` of a PyTorch `module` (eval mode, float32, its current weights), traced on `example`, a
-    (B, C, H, W) input; the batch axis is left dynamic."""
+    """``openvino.Model`` of a PyTorch `module` (a float32 copy in eval mode, its current weights; the caller's
+    module is left as it is), traced on `example`, a (B, C, H, W) input; the batch axis is left dynamic."""
     import openvino as ov
 
-    module = module.eval().cpu().float()
+    module = copy.deepcopy(module).eval().cpu().float()
     example = torch.as_tensor(example).detach().cpu().float().contiguous()
     with torch.no_grad():
         model = ov.convert_model(module, example_input=example)
