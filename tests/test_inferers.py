@@ -96,6 +96,8 @@ def test_openvino_inferer_matches_the_pytorch_forward_on_real_images():
     model.network.train()
     OpenVinoInferer(torch.float32)(images[:2], model.network)
     assert model.network.training, "compiling must leave the caller's network in its mode"
+    with pytest.raises(ValueError, match="one input tensor"):
+        inferer(images[:2], model.network, torch.zeros(2))
     assert exact.dtype == torch.float32 and exact.shape == plain.shape
     torch.testing.assert_close(exact, plain, rtol=0, atol=1e-4)
     if not native_bf16("cpu"):

@@ -73,6 +73,9 @@ class OpenVinoInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         from custom.models.export import OpenVinoModule, openvino_model
 
+        if args or kwargs:
+            raise ValueError("OpenVinoInferer compiles the network for one input tensor; it cannot pass further "
+                             "forward arguments (use backend 'torch')")
         inputs = convert_to_tensor(inputs, track_meta=False)  # a MetaTensor sends every layer's op through Python
         if self.source is not network:
             precision = "bf16" if self.dtype == torch.bfloat16 else "f32"
