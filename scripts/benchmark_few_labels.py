@@ -55,14 +55,13 @@ RULE = ("none across budgets (each budget is reported); within a run the checkpo
 
 
 def evaluate(output_dir: Path, ckpt: str, split: str, *args: str) -> dict:
-    """Metrics of `ckpt` on `split` by the bundle's own ``run evaluating`` (reused when already written)."""
+    """The metrics JSON of `ckpt` on `split` by the bundle's own ``run evaluating`` (reused when already written)."""
     metrics_file = output_dir / f"{split}_metrics.json"
     if not metrics_file.exists():
         run_bundle("run", "evaluating", "--config_file", config_arg(["configs/train.json", "configs/evaluate.json"]),
                    "--ckpt_path", ckpt, "--eval_split", split, "--output_dir", str(output_dir),
                    "--train_output_dir", str(output_dir / "no_training_run"), *args)
-    metrics = json.loads(metrics_file.read_text())
-    return {k: metrics[k] for k in (*REPORTED, "threshold", "n")}
+    return json.loads(metrics_file.read_text())
 
 
 def joint_datalist(pediatric_dir: str, datalist_file: str, dataset_dir: str, path: Path) -> str:
@@ -97,9 +96,10 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
         runs = summary["runs"][str(budget)] = {}
         if str(budget) == "0":
             out = Path(output_dir, "labels=0")
-            runs["init"] = {"adult_validation": evaluate(out / "adult_validation", init_ckpt, "validation", *target),
-                            "adult_test": evaluate(out / "adult_test", init_ckpt, "test", *target),
-                            "pediatric_test": evaluate(out / "pediatric_test", init_ckpt, "test", *pediatric)}
+            parts = {"adult_validation": evaluate(out / "adult_validation", init_ckpt, "validation", *target),
+                     "adult_test": evaluate(out / "adult_test", init_ckpt, "test", *target),
+                     "pediatric_test": evaluate(out / "pediatric_test", init_ckpt, "test", *pediatric)}
+            runs["init"] = _reported(parts)
         for seed in ([] if str(budget) == "0" else parse_list(seeds, int)):
             run = Path(output_dir, f"labels={budget}", f"seed{seed}")
             args = [*training, "--seed", str(seed), "--ckpt_dir", str(run / "models"), "--init_ckpt", init_ckpt,
@@ -114,15 +114,16 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
                 parts = {"adult_validation": metrics["validation"]["domains"]["adult"],
                          "adult_test": metrics["test"]["domains"]["adult"],
                          "pediatric_test": metrics["test"]["domains"]["pediatric"]}
-            runs[f"seed{seed}"] = {part: {k: m[k] for k in (*REPORTED, "threshold", "n")} for part, m in parts.items()}
+            runs[f"seed{seed}"] = _reported(parts)
         summary["summary"][str(budget)] = {part: mean_std([r[part] for r in runs.values()]) for part in PARTS}
     for part, what in PARTS.items():
         print(f"{what}:")
         print(markdown_table({f"{b} labels": s[part] for b, s in summary["summary"].items()}, len(parse_list(seeds, int))))
     print(f"Rule: {rule}")
     if plot_file:
-        names = sorted(summary["summary"], key=lambda name: _count(name, datalist_file, dataset_dir))
-        counts = [_count(name, datalist_file, dataset_dir) for name in names]
+        count = {name: _count(name, datalist_file, dataset_dir) for name in summary["summary"]}
+        names = sorted(count, key=count.get)
+        counts = [count[name] for name in names]
         curves = {label: ([summary["summary"][n][part]["roc_auc"]["mean"] for n in names],
                           [summary["summary"][n][part]["roc_auc"]["std"] for n in names])
                   for part, label in (("adult_test", "adult test"), ("pediatric_test", "pediatric official test"))}
@@ -134,6 +135,11 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
             build_report(baseline)
     if results_file:
         write_json(summary, results_file)
+
+
+def _reported(parts: dict) -> dict:
+    """Per part, the metrics the results file keeps."""
+    return {part: {k: metrics[k] for k in (*REPORTED, "threshold", "n")} for part, metrics in parts.items()}
 
 
 def _count(budget: str, datalist_file: str, dataset_dir: str) -> int:
