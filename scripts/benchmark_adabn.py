@@ -11,7 +11,6 @@ mean +- std per method and part to `--results_file`, and prints the tables.
         --output_dir runs/adabn --results_file docs/results/adabn_adult.json
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,13 +18,12 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.evaluation.benchmark import (  # noqa: E402
-    REPORTED,
     SPLITS,
-    config_arg,
+    evaluate_checkpoint,
     markdown_table,
     mean_std,
     parse_list,
-    run_bundle,
+    reported,
 )
 from custom.evaluation.timing import run_record  # noqa: E402
 from custom.io import write_json  # noqa: E402
@@ -51,13 +49,11 @@ def main(dataset_dir: str, datalist_file: str, checkpoints: str, output_dir: str
         for method in METHODS:
             runs[method] = {}
             for split in SPLITS:
-                out = Path(output_dir, f"checkpoint{index}", method, split)
-                run_bundle("run", "evaluating", "--config_file", config_arg(configs[method]), "--dataset_dir", dataset_dir,
-                           "--datalist_file", datalist_file, "--ckpt_path", ckpt, "--eval_split", split,
-                           "--output_dir", str(out), "--train_output_dir", str(out / "no_training_run"),
-                           "--adabn_domain", adabn_domain, "--bootstrap_replicates", str(bootstrap_replicates))
-                metrics = json.loads((out / f"{split}_metrics.json").read_text())
-                runs[method][split] = {k: metrics[k] for k in (*REPORTED, "threshold", "n")}
+                metrics = evaluate_checkpoint(
+                    Path(output_dir, f"checkpoint{index}", method, split), ckpt, split, "--dataset_dir", dataset_dir,
+                    "--datalist_file", datalist_file, "--adabn_domain", adabn_domain,
+                    "--bootstrap_replicates", str(bootstrap_replicates), configs=configs[method])
+                runs[method][split] = reported(metrics)
     for method in METHODS:
         summary["summary"][method] = {split: mean_std([r[method][split] for r in summary["runs"].values()])
                                       for split in SPLITS}

@@ -23,7 +23,6 @@ to show it), and prints the tables.
         --output_dir runs/few_labels --results_file docs/results/few_labels_adult.json --plot_file docs/few_labels_adult.png
 """
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -32,12 +31,12 @@ import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from custom.evaluation.benchmark import (  # noqa: E402
-    REPORTED,
-    config_arg,
+    evaluate_checkpoint,
+    joint_datalist,
     markdown_table,
     mean_std,
     parse_list,
-    run_bundle,
+    reported,
     train_and_evaluate,
 )
 from custom.evaluation.plots import plot_label_curve  # noqa: E402
@@ -52,27 +51,6 @@ PARTS = {"adult_validation": "adult validation part (picks checkpoint and thresh
          "adult_test": "adult test part (reported only)", "pediatric_test": "pediatric official test (reported only)"}
 RULE = ("none across budgets (each budget is reported); within a run the checkpoint and threshold are picked on "
         "{selected_on}, as the few-label setting allows")
-
-
-def evaluate(output_dir: Path, ckpt: str, split: str, *args: str) -> dict:
-    """The metrics JSON of `ckpt` on `split` by the bundle's own ``run evaluating`` (reused when already written)."""
-    metrics_file = output_dir / f"{split}_metrics.json"
-    if not metrics_file.exists():
-        run_bundle("run", "evaluating", "--config_file", config_arg(["configs/train.json", "configs/evaluate.json"]),
-                   "--ckpt_path", ckpt, "--eval_split", split, "--output_dir", str(output_dir),
-                   "--train_output_dir", str(output_dir / "no_training_run"), *args)
-    return json.loads(metrics_file.read_text())
-
-
-def joint_datalist(pediatric_dir: str, datalist_file: str, dataset_dir: str, path: Path) -> str:
-    """Writes the pediatric (Kermany layout, official test) + adult datalist the joint runs train on; returns its
-    path."""
-    from custom.data import build_kermany, load_datalist, write_datalist
-    from custom.data.domains import combine_datalists
-
-    write_datalist(combine_datalists([build_kermany(pediatric_dir), load_datalist(datalist_file, base_dir=dataset_dir)]),
-                   path)
-    return str(path)
 
 
 def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: str = "models/model.pt",
@@ -96,10 +74,10 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
         runs = summary["runs"][str(budget)] = {}
         if str(budget) == "0":
             out = Path(output_dir, "labels=0")
-            parts = {"adult_validation": evaluate(out / "adult_validation", init_ckpt, "validation", *target),
-                     "adult_test": evaluate(out / "adult_test", init_ckpt, "test", *target),
-                     "pediatric_test": evaluate(out / "pediatric_test", init_ckpt, "test", *pediatric)}
-            runs["init"] = _reported(parts)
+            parts = {"adult_validation": evaluate_checkpoint(out / "adult_validation", init_ckpt, "validation", *target),
+                     "adult_test": evaluate_checkpoint(out / "adult_test", init_ckpt, "test", *target),
+                     "pediatric_test": evaluate_checkpoint(out / "pediatric_test", init_ckpt, "test", *pediatric)}
+            runs["init"] = {part: reported(metrics) for part, metrics in parts.items()}
         for seed in ([] if str(budget) == "0" else parse_list(seeds, int)):
             run = Path(output_dir, f"labels={budget}", f"seed{seed}")
             args = [*training, "--seed", str(seed), "--ckpt_dir", str(run / "models"), "--init_ckpt", init_ckpt,
@@ -108,13 +86,13 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
             metrics = train_and_evaluate(run, configs, args)
             if method == "finetune":
                 parts = {"adult_validation": metrics["validation"], "adult_test": metrics["test"],
-                         "pediatric_test": evaluate(run / "eval_pediatric", str(run / "models" / "model.pt"), "test",
+                         "pediatric_test": evaluate_checkpoint(run / "eval_pediatric", str(run / "models" / "model.pt"), "test",
                                                     *pediatric)}
             else:  # one evaluation per split covers both domains
                 parts = {"adult_validation": metrics["validation"]["domains"]["adult"],
                          "adult_test": metrics["test"]["domains"]["adult"],
                          "pediatric_test": metrics["test"]["domains"]["pediatric"]}
-            runs[f"seed{seed}"] = _reported(parts)
+            runs[f"seed{seed}"] = {part: reported(metrics) for part, metrics in parts.items()}
         summary["summary"][str(budget)] = {part: mean_std([r[part] for r in runs.values()]) for part in PARTS}
     for part, what in PARTS.items():
         print(f"{what}:")
@@ -135,11 +113,6 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
             build_report(baseline)
     if results_file:
         write_json(summary, results_file)
-
-
-def _reported(parts: dict) -> dict:
-    """Per part, the metrics the results file keeps."""
-    return {part: {k: metrics[k] for k in (*REPORTED, "threshold", "n")} for part, metrics in parts.items()}
 
 
 def _count(budget: str, datalist_file: str, dataset_dir: str) -> int:

@@ -1,6 +1,7 @@
-"""Unsupervised domain adaptation (DANN, Ganin et al., JMLR 2016) on MedSAM feature maps: gradient reversal, its
-schedule, the classifier with label and domain heads on cached maps or behind a live encoder, and the target-domain
-datalist (unlabelled for adaptation, labelled for evaluation only)."""
+"""Unsupervised domain adaptation (DANN, Ganin et al., JMLR 2016): gradient reversal, its schedule, a domain
+discriminator for any classifier with ``forward_features``, the MedSAM classifier with label and domain heads on
+cached maps or behind a live encoder, and the target-domain datalist (unlabelled for adaptation, labelled for
+evaluation only)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,21 @@ def dann_lambda(progress: float, gamma: float = 10.0) -> float:
     """DANN schedule ``2 / (1 + exp(-gamma * p)) - 1``: 0 at p = 0, rising to ~1 at p = 1 (p clipped to [0, 1])."""
     p = min(max(float(progress), 0.0), 1.0)
     return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
+
+
+class DomainDiscriminator(nn.Module):
+    """Gradient reversal + `MLPHead`: (B, in_features) features -> (B, 2) domain logits (source 0, target 1). The
+    domain head of a classifier that has none of its own (e.g. `custom.models.networks.TorchvisionClassifier`
+    under `custom.adaptation.engines.DANNTrainer`): kept apart from the network, so checkpoints of the adapted
+    classifier load wherever the plain one does."""
+
+    def __init__(self, in_features: int, hidden: int = 256):
+        super().__init__()
+        self.grl = GradientReversal()
+        self.head = MLPHead(in_features, hidden=(hidden,), num_classes=2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.grl(features.float()))
 
 
 class DANNClassifier(nn.Module):

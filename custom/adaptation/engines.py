@@ -1,4 +1,5 @@
-"""MONAI training engine for unsupervised domain adaptation (DANN + optional supervised contrastive term)."""
+"""MONAI training engine for unsupervised domain adaptation: feature alignment between a labelled source batch and an
+unlabelled target batch (DANN, CORAL or MMD), with an optional supervised contrastive term."""
 
 from __future__ import annotations
 
@@ -11,21 +12,32 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
 from custom.adaptation.domain import dann_lambda
-from custom.adaptation.losses import SupConLoss
+from custom.adaptation.losses import SupConLoss, coral_loss, mmd_loss
+
+ALIGNMENTS = ("adversarial", "coral", "mmd")
 
 
 class DANNTrainer(SupervisedTrainer):
-    """`SupervisedTrainer` whose iteration also draws an unlabelled target batch and trains a
-    `custom.adaptation.domain.DANNClassifier` (``forward_features``, ``label_head``, ``domain_logits``, ``grl``, ``projection``).
+    """`SupervisedTrainer` whose iteration also draws an unlabelled target batch and aligns the two domains' features.
+
+    The network needs ``forward_features`` ((B, ...) -> (B, F)) and ``label_head`` ((B, F) -> (B, num_classes)):
+    `custom.adaptation.domain.DANNClassifier` (which also has ``domain_logits``, ``grl`` and ``projection``) or
+    `custom.models.networks.TorchvisionClassifier` with a separate ``domain_head``
+    (`custom.adaptation.domain.DomainDiscriminator`, trained by the same optimizer).
 
     Per iteration, with source inputs (B_s, ...) and labels (B_s,) from ``prepare_batch`` and target inputs
-    (B_t, ...) = ``target_batch[target_key]`` (labels, if any, are never read):
-    ``loss = label_loss + domain_weight * domain_loss + contrastive_weight * supcon``, where label_loss =
-    ``loss_function`` on the source logits, domain_loss = cross-entropy of the (B_s + B_t, 2) domain logits (source 0,
-    target 1) through the gradient reversal layer, whose ``lambda_`` is set to ``dann_lambda(iteration / (max_epochs *
-    epoch_length), gamma)`` first, and supcon = `SupConLoss` on the source projections. ``domain_weight=0`` never
-    reads the target loader and is plain source-only training. ``inferer`` is not used in training (the features are
-    needed); evaluators use the network's ``forward`` as usual.
+    (B_t, ...) = ``target_batch[target_key]`` (labels, if any, are never read), both through one
+    ``forward_features`` call: ``loss = label_loss + domain_weight * domain_loss + contrastive_weight * supcon``, where
+    label_loss = ``loss_function`` on the source logits, supcon = `SupConLoss` on the source projections and, by
+    ``alignment``, with ``lambda = dann_lambda(iteration / (max_epochs * epoch_length), gamma)``:
+
+    * ``"adversarial"`` (DANN): cross-entropy of the (B_s + B_t, 2) domain logits (source 0, target 1) through the
+      gradient reversal layer, whose ``lambda_`` is set to lambda;
+    * ``"coral"``: lambda * `coral_loss` of the source and target features;
+    * ``"mmd"``: lambda * `mmd_loss` of the source and target features.
+
+    ``domain_weight=0`` never reads the target loader and is plain source-only training. ``inferer`` is not used in
+    training (the features are needed); evaluators use the network's ``forward`` as usual.
 
     The output dict holds ``image``, ``label``, ``pred`` (source logits), ``loss`` and the detached scalars
     ``label_loss``, ``domain_loss``, ``contrastive_loss``, ``lambda``; decollate and postprocessing run as in the
@@ -37,19 +49,34 @@ class DANNTrainer(SupervisedTrainer):
         domain_weight, contrastive_weight: loss weights (>= 0).
         temperature: of `SupConLoss`.
         gamma: of `dann_lambda`.
+        alignment: one of `ALIGNMENTS`.
+        domain_head: the adversarial discriminator when the network has no ``domain_logits``.
         other args: as `SupervisedTrainer` (``accumulation_steps`` must stay 1).
     """
 
     def __init__(self, *args, target_data_loader: Iterable | None = None, target_key: str = "image",
                  domain_weight: float = 1.0, contrastive_weight: float = 0.0, temperature: float = 0.1,
-                 gamma: float = 10.0, **kwargs):
+                 gamma: float = 10.0, alignment: str = "adversarial", domain_head: torch.nn.Module | None = None,
+                 **kwargs):
         if kwargs.get("accumulation_steps", 1) != 1:
             raise ValueError("DANNTrainer does not support gradient accumulation")
         if domain_weight < 0 or contrastive_weight < 0:
             raise ValueError(f"loss weights must be >= 0, got domain {domain_weight}, contrastive {contrastive_weight}")
         if domain_weight > 0 and target_data_loader is None:
             raise ValueError("domain_weight > 0 needs a target_data_loader")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"unknown alignment {alignment!r}; choose one of {list(ALIGNMENTS)}")
         super().__init__(*args, **kwargs)
+        if alignment == "adversarial" and domain_weight > 0:
+            self.discriminator = domain_head if domain_head is not None else self.network
+            if not hasattr(self.discriminator, "grl"):
+                raise ValueError(f"adversarial alignment needs a domain_head: {type(self.network).__name__} has no "
+                                 "domain_logits / grl of its own")
+        if contrastive_weight > 0 and not hasattr(self.network, "projection"):
+            raise ValueError(f"contrastive_weight > 0 needs a network with a projection head, not "
+                             f"{type(self.network).__name__}")
+        self.alignment = alignment
+        self.domain_head = domain_head
         self.target_data_loader = target_data_loader
         self.target_key = target_key
         self.domain_weight = float(domain_weight)
@@ -70,6 +97,18 @@ class DANNTrainer(SupervisedTrainer):
                 self._target_iter = None
         raise ValueError("target_data_loader is empty")
 
+    def domain_loss(self, features: torch.Tensor, n_source: int, lambda_: float) -> torch.Tensor:
+        """The `alignment` loss of (B_s + B_t, F) features, the first `n_source` rows from the source domain."""
+        if self.alignment == "coral":
+            return lambda_ * coral_loss(features[:n_source], features[n_source:])
+        if self.alignment == "mmd":
+            return lambda_ * mmd_loss(features[:n_source], features[n_source:])
+        self.discriminator.grl.lambda_ = lambda_
+        logits = (self.domain_head(features) if self.domain_head is not None
+                  else self.network.domain_logits(features))
+        domains = torch.cat([torch.zeros(n_source), torch.ones(len(features) - n_source)]).long()
+        return F.cross_entropy(logits, domains.to(features.device))
+
     def _iteration(self, engine: DANNTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -79,7 +118,6 @@ class DANNTrainer(SupervisedTrainer):
         network = engine.network
         progress = engine.state.iteration / (engine.state.max_epochs * engine.state.epoch_length)
         lambda_ = dann_lambda(progress, engine.gamma)
-        network.grl.lambda_ = lambda_
         adapt = engine.domain_weight > 0
         target_inputs = engine.next_target_inputs() if adapt else None
 
@@ -92,8 +130,7 @@ class DANNTrainer(SupervisedTrainer):
             label_loss = engine.loss_function(engine.state.output[Keys.PRED], targets).mean()
             domain_loss = zero
             if adapt:
-                domains = torch.cat([torch.zeros(n), torch.ones(len(target_inputs))]).long().to(features.device)
-                domain_loss = F.cross_entropy(network.domain_logits(features), domains)
+                domain_loss = engine.domain_loss(features, n, lambda_)
             contrastive = zero
             if engine.contrastive_weight > 0:
                 contrastive = engine.contrastive_loss(network.projection(features[:n]), targets)
@@ -104,6 +141,8 @@ class DANNTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         network.train()
+        if engine.domain_head is not None:
+            engine.domain_head.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         if engine.amp and engine.scaler is not None:
             with torch.autocast("cuda", **engine.amp_kwargs):

@@ -43,3 +43,23 @@ class SupConLoss(nn.Module):
             return z.sum() * 0.0
         per_anchor = log_prob.masked_fill(~positives, 0.0).sum(1)[anchors] / counts[anchors]
         return -per_anchor.mean()
+
+
+def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Deep CORAL (Sun & Saenko, ECCV-W 2016): ``||C_s - C_t||_F^2 / (4 d^2)`` between the (d, d) feature
+    covariances of (B_s, d) source and (B_t, d) target features (each B >= 2) -> scalar."""
+    d = source.shape[1]
+    return (torch.cov(source.float().T) - torch.cov(target.float().T)).pow(2).sum() / (4 * d * d)
+
+
+def mmd_loss(source: torch.Tensor, target: torch.Tensor, scales=(0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
+    """Squared maximum mean discrepancy (biased estimate, Gretton et al. JMLR 2012; multi-kernel as in DAN, Long et
+    al. ICML 2015) between (B_s, d) source and (B_t, d) target features -> scalar: the sum of Gaussian kernels
+    ``exp(-||x - y||^2 / (s * m))`` over `scales` s, m = the mean pairwise squared distance of the pooled batch
+    (detached: the bandwidth follows the features without being trained)."""
+    x = torch.cat([source, target]).float()
+    sq = torch.cdist(x, x).pow(2)
+    base = sq.detach().sum() / (len(x) * (len(x) - 1))
+    kernel = sum(torch.exp(-sq / (s * base)) for s in scales)
+    n = len(source)
+    return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()

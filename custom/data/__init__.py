@@ -8,5 +8,5 @@ from .datalists import (
     resolve_datalist,
     write_datalist,
 )
-from .domains import check_eval_domains
+from .domains import check_eval_domains, domain_items
 from .isolation import IsolatedDataLoader, IsolatedDataset, skip_empty_batch

@@ -203,3 +203,15 @@ def check_eval_domains(datalist: dict, split: str, source: str | os.PathLike) ->
     if len({item.get("domain") for item in items}) > 1:
         check_domains({split: items}, source, required=())
     return datalist
+
+
+def domain_items(datalist: dict, split: str, domain: str, labelled: bool = True) -> list[dict]:
+    """The items of ``datalist[split]`` whose ``domain`` is `domain`; ``labelled=False`` keeps ``image`` only (what
+    unsupervised adaptation may read of a target domain). Raises ValueError naming the domains found when none is
+    `domain`, before training starts."""
+    items = [item for item in datalist.get(split) or [] if item.get("domain") == domain]
+    if not items:
+        found = sorted({str(item.get("domain")) for item in datalist.get(split) or []})
+        raise ValueError(f"no '{split}' items of domain {domain!r} in the datalist (its '{split}' domains: {found}; "
+                         f"pass a pediatric + adult datalist with a 'domain' field per item)")
+    return items if labelled else [{"image": item["image"]} for item in items]

@@ -1,4 +1,5 @@
-"""Helpers of the seed-sweep benchmark scripts (`scripts/benchmark_cnn.py`, `scripts/benchmark_medsam.py`).
+"""Helpers of the seed-sweep benchmark scripts (`scripts/benchmark_cnn.py`, `scripts/benchmark_medsam.py`,
+`scripts/benchmark_few_labels.py`, `scripts/benchmark_adaptation.py`).
 
 Protocol: every run is trained with the options' own overrides and one shared ``split_seed``, then evaluated with
 its validation-picked checkpoint and threshold on the validation split *and* the test split. Options are compared
@@ -100,6 +101,35 @@ def train_and_evaluate(run_dir: str | Path, configs: Sequence[str], args: Sequen
         record[split] = json.loads((run_dir / folder / f"{split}_metrics.json").read_text())
     write_json(record, record_file)
     return {split: record[split] for split in SPLITS}
+
+
+def evaluate_checkpoint(output_dir: str | Path, ckpt: str, split: str, *args: str,
+                        configs: Sequence[str] = ("configs/train.json", "configs/evaluate.json")) -> dict:
+    """The metrics JSON of `ckpt` on `split` by the bundle's own ``run evaluating`` with `configs` and the overrides
+    `args`, written into `output_dir` (reused when already there)."""
+    output_dir = Path(output_dir)
+    metrics_file = output_dir / f"{split}_metrics.json"
+    if not metrics_file.exists():
+        run_bundle("run", "evaluating", "--config_file", config_arg(configs), "--ckpt_path", ckpt,
+                   "--eval_split", split, "--output_dir", str(output_dir),
+                   "--train_output_dir", str(output_dir / "no_training_run"), *args)
+    return json.loads(metrics_file.read_text())
+
+
+def reported(metrics: Mapping) -> dict:
+    """The metrics a results file keeps of one evaluation."""
+    return {k: metrics[k] for k in (*REPORTED, "threshold", "n")}
+
+
+def joint_datalist(pediatric_dir: str, datalist_file: str, dataset_dir: str, path: str | Path) -> str:
+    """Writes the pediatric (Kermany layout, official test) + adult (`datalist_file`, relative to `dataset_dir`)
+    datalist, items tagged by ``domain``, to `path`; returns its path."""
+    from custom.data import build_kermany, load_datalist, write_datalist
+    from custom.data.domains import combine_datalists
+
+    write_datalist(combine_datalists([build_kermany(pediatric_dir), load_datalist(datalist_file, base_dir=dataset_dir)]),
+                   path)
+    return str(path)
 
 
 def predictions_file(run_dir: str | Path, split: str) -> Path:

@@ -91,8 +91,28 @@ class TorchvisionClassifier(nn.Module):
         layers = list(self.net.features) + list(self.net.classifier)
         return [m for m in layers if isinstance(m, (nn.Conv2d, nn.Linear))]
 
+    @property
+    def label_head(self) -> nn.Linear:
+        """The final linear layer: (B, feature_dim) -> (B, num_classes) logits."""
+        return self.net.fc if self.arch.startswith("resnet") else self.net.classifier[-1]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.label_head.in_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B, feature_dim) penultimate features (ResNet: pooled layer4 output;
+        VGG16: the second classifier block's output), the input of `label_head`."""
+        x = (x - self.mean) / self.std
+        n = self.net
+        if self.arch.startswith("resnet"):
+            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+            x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+            return torch.flatten(n.avgpool(x), 1)
+        return n.classifier[:-1](torch.flatten(n.avgpool(n.features(x)), 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.label_head(self.forward_features(x))
 
 
 class ProbabilityEnsemble(nn.Module):
