@@ -1,11 +1,13 @@
 """Unsupervised adaptation of the pediatric CNN to adult radiographs, end to end on images: source-only, DANN,
-CORAL and MMD side by side on both domains, 3 seeds.
+CORAL, MMD and domain-generalising augmentation side by side on both domains, 3 seeds.
 
 Each run (``configs/train.json`` + ``configs/adapt_cnn.json`` on the pediatric + adult datalist the script writes
 into `output_dir`) starts from `init_ckpt` and trains on the labelled pediatric training part together with the
 adult training part's images, labels removed (`custom.data.domain_items(..., labelled=False)`), aligning the two
 domains' penultimate features by ``--alignment`` (`custom.adaptation.engines.DANNTrainer`); checkpoint and threshold
-are picked on the pediatric validation part. ``source`` is `init_ckpt` as it is (one row, no seed).
+are picked on the pediatric validation part. ``dg`` trains the same way with ``configs/augment_domain.json``'s
+appearance augmentation (histogram shift, blur, simulated low resolution) and no alignment (``domain_weight`` 0: no
+adult image enters the loss), ``dann_dg`` with both. ``source`` is `init_ckpt` as it is (one row, no seed).
 
 Setting: unsupervised (issue 12, setting 1). No adult label is read for any choice: within a run selection uses
 pediatric validation; across methods the rule below uses pediatric validation too. The adult validation and test
@@ -37,8 +39,15 @@ from custom.evaluation.benchmark import (  # noqa: E402
 from custom.evaluation.timing import run_record  # noqa: E402
 from custom.io import write_json  # noqa: E402
 
-ALIGNMENT = {"dann": "adversarial", "coral": "coral", "mmd": "mmd"}
 CONFIGS = ["configs/train.json", "configs/adapt_cnn.json"]
+DG = "configs/augment_domain.json"
+METHODS = {  # name: (configs, overrides)
+    "dann": (CONFIGS, ["--alignment", "adversarial"]),
+    "coral": (CONFIGS, ["--alignment", "coral"]),
+    "mmd": (CONFIGS, ["--alignment", "mmd"]),
+    "dg": ([*CONFIGS, DG], ["--domain_weight", "0"]),
+    "dann_dg": ([*CONFIGS, DG], ["--alignment", "adversarial"]),
+}
 PARTS = {"pediatric_validation": "pediatric validation part (picks checkpoint, threshold and the method)",
          "adult_validation": "adult validation part (reported only: this setting reads no adult label)",
          "adult_test": "adult test part (reported only)",
@@ -56,16 +65,16 @@ def domain_parts(metrics: dict) -> dict:
 def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: str = "models/model.pt",
          methods="source,dann,coral,mmd", seeds="0,1,2", output_dir: str = "runs/adaptation", extra: str = "",
          results_file: str | None = None) -> None:
-    """methods: "source" and any of `ALIGNMENT`'s names; extra: more ``--id value`` overrides for the training runs
+    """methods: "source" and any of `METHODS`; extra: more ``--id value`` overrides for the training runs
     (e.g. "--domain_weight 0.3")."""
     methods = parse_list(methods)
-    unknown = [m for m in methods if m != "source" and m not in ALIGNMENT]
+    unknown = [m for m in methods if m != "source" and m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {['source', *ALIGNMENT]}")
+        raise ValueError(f"unknown methods {unknown}; choose from {['source', *METHODS]}")
     data = ["--dataset_dir", dataset_dir, "--datalist_file",
             joint_datalist(pediatric_dir, datalist_file, dataset_dir, Path(output_dir, "pediatric_adult.json"))]
     summary = {**run_record(), "dataset_dir": dataset_dir, "datalist_file": datalist_file,
-               "pediatric_dir": pediatric_dir, "init_ckpt": init_ckpt, "configs": CONFIGS, "extra": extra,
+               "pediatric_dir": pediatric_dir, "init_ckpt": init_ckpt, "methods": METHODS, "extra": extra,
                "parts": PARTS, "rule": RULE, "runs": {}, "summary": {}}
     for method in methods:
         runs = summary["runs"][method] = {}
@@ -74,9 +83,10 @@ def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: st
                                                                     *data) for split in SPLITS})
         for seed in ([] if method == "source" else parse_list(seeds, int)):
             run = Path(output_dir, method, f"seed{seed}")
+            configs, overrides = METHODS[method]
             args = [*data, "--seed", str(seed), "--ckpt_dir", str(run / "models"), "--init_ckpt", init_ckpt,
-                    "--alignment", ALIGNMENT[method], "--make_plots", "False", *extra.split()]
-            runs[f"seed{seed}"] = domain_parts(train_and_evaluate(run, CONFIGS, args))
+                    *overrides, "--make_plots", "False", *extra.split()]
+            runs[f"seed{seed}"] = domain_parts(train_and_evaluate(run, configs, args))
         summary["summary"][method] = {part: mean_std([r[part] for r in runs.values()]) for part in PARTS}
     summary["winner"] = pick_on_validation({m: s["pediatric_validation"] for m, s in summary["summary"].items()})
     for part, what in PARTS.items():

@@ -281,28 +281,31 @@ def test_benchmark_few_labels_curve_results_and_plot(tmp_path, monkeypatch, caps
 
 
 def test_benchmark_adaptation_reports_both_domains_and_decides_on_pediatric_validation(tmp_path, monkeypatch, capsys):
-    """The embedded pediatric sample + 3 + 3 adult images per part: source-only (the shipped model) and CORAL from
-    it for two steps; the four parts per run, the rule on pediatric validation, no adult label among the images the
+    """The embedded pediatric sample + 3 + 3 adult images per part: source-only (the shipped model), CORAL and the
+    domain-generalising augmentation from it for two steps each; the four parts per run, the rule on pediatric validation, no adult label among the images the
     domain loss read."""
     from custom.data.datalists import write_datalist
     from tests.test_adabn import adult_datalist
 
     write_datalist(adult_datalist(per_class=3), tmp_path / "adult.json")
     out = run_script("benchmark_adaptation.py", "--dataset_dir", SHARED, "--datalist_file", tmp_path / "adult.json",
-                     "--pediatric_dir", SAMPLE, "--methods", "source,coral", "--seeds", "0",
+                     "--pediatric_dir", SAMPLE, "--methods", "source,coral,dg", "--seeds", "0",
                      "--output_dir", tmp_path / "runs", "--extra=--image_size [64,64] --batch_size 4 --epoch_length 2 "
                      "--max_epochs 1", "--results_file", tmp_path / "adapt.json", monkeypatch=monkeypatch, capsys=capsys)
     result = json.loads((tmp_path / "adapt.json").read_text())
     check_record(result, "benchmark_adaptation.py")
     assert "Rule: unsupervised" in out and f"winner: {result['winner']}" in out
-    means = {m: result["summary"][m]["pediatric_validation"]["roc_auc"]["mean"] for m in ("source", "coral")}
+    means = {m: result["summary"][m]["pediatric_validation"]["roc_auc"]["mean"] for m in ("source", "coral", "dg")}
     assert result["winner"] in means and means[result["winner"]] == max(means.values())
-    for method, run in (("source", "init"), ("coral", "seed0")):
+    for method, run in (("source", "init"), ("coral", "seed0"), ("dg", "seed0")):
         parts = result["runs"][method][run]
         assert parts["adult_validation"]["n"] == parts["adult_test"]["n"] == 6
         assert parts["pediatric_test"]["n"] == 60 and parts["pediatric_validation"]["n"] > 0
     tuned = torch.load(tmp_path / "runs" / "coral" / "seed0" / "models" / "model.pt", weights_only=True)
     assert tuned["provenance"]["config"]["alignment"] == "coral"
+    augmented = torch.load(tmp_path / "runs" / "dg" / "seed0" / "models" / "model.pt", weights_only=True)
+    config = augmented["provenance"]["config"]
+    assert config["domain_weight"] == 0 and "RandSimulateLowResolutiond" in json.dumps(config["augmentation"])
 
 
 def _trained_images(run: Path) -> list[str]:
