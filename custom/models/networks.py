@@ -91,6 +91,8 @@ class TorchvisionClassifier(nn.Module):
         layers = list(self.net.features) + list(self.net.classifier)
         return [m for m in layers if isinstance(m, (nn.Conv2d, nn.Linear))]
 
+    __jit_unused_properties__ = ["label_head", "feature_dim"]  # training-time accessors, not part of the export
+
     @property
     def label_head(self) -> nn.Linear:
         """The final linear layer: (B, feature_dim) -> (B, num_classes) logits."""
@@ -112,7 +114,9 @@ class TorchvisionClassifier(nn.Module):
         return n.classifier[:-1](torch.flatten(n.avgpool(n.features(x)), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.label_head(self.forward_features(x))
+        """(B, C, H, W) -> (B, num_classes) logits; equal to ``label_head(forward_features(x))`` (tested), written
+        through torchvision's own forward so that TorchScript (``ckpt_export``) compiles it."""
+        return self.net((x - self.mean) / self.std)
 
 
 class ProbabilityEnsemble(nn.Module):
