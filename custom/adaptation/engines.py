@@ -68,8 +68,7 @@ class DANNTrainer(SupervisedTrainer):
             raise ValueError(f"unknown alignment {alignment!r}; choose one of {list(ALIGNMENTS)}")
         super().__init__(*args, **kwargs)
         if alignment == "adversarial" and domain_weight > 0:
-            self.discriminator = domain_head if domain_head is not None else self.network
-            if not hasattr(self.discriminator, "grl"):
+            if not hasattr(domain_head if domain_head is not None else self.network, "grl"):
                 raise ValueError(f"adversarial alignment needs a domain_head: {type(self.network).__name__} has no "
                                  "domain_logits / grl of its own")
         if contrastive_weight > 0 and not hasattr(self.network, "projection"):
@@ -103,9 +102,12 @@ class DANNTrainer(SupervisedTrainer):
             return lambda_ * coral_loss(features[:n_source], features[n_source:])
         if self.alignment == "mmd":
             return lambda_ * mmd_loss(features[:n_source], features[n_source:])
-        self.discriminator.grl.lambda_ = lambda_
-        logits = (self.domain_head(features) if self.domain_head is not None
-                  else self.network.domain_logits(features))
+        if self.domain_head is not None:
+            self.domain_head.grl.lambda_ = lambda_
+            logits = self.domain_head(features)
+        else:
+            self.network.grl.lambda_ = lambda_
+            logits = self.network.domain_logits(features)
         domains = torch.cat([torch.zeros(n_source), torch.ones(len(features) - n_source)]).long()
         return F.cross_entropy(logits, domains.to(features.device))
 
