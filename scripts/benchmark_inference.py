@@ -1,25 +1,29 @@
 """CPU/GPU inference throughput of the bundle (images/s, ms per image), in one run:
 
 * ``end-to-end``: the bundle's own `run` of configs/inference.json over the first `limit` files of `images` (decode,
-  preprocessing, lung step, classifier forward, the predictions report), once per lung_mode, for two paths:
-  ``batched`` (the config as shipped: the lung UNet once per batch via `BatchedLungStep`, channels-last classifier)
-  and ``per-item`` (the old path: the lung step per image in the Dataset, NCHW classifier, PyTorch float32);
+  preprocessing, lung step, classifier forward, the predictions report), once per lung_mode, for three paths:
+  ``batched`` (the config as shipped: the item chain with MONAI's metadata tracking off, the lung UNet once per
+  batch via `BatchedLungStep`, channels-last classifier), ``tracked`` (the same with metadata tracking on, as before
+  0.9.1) and ``per-item`` (the old path: tracked, the lung step per image in the Dataset, NCHW classifier, PyTorch
+  float32);
 * ``forward``: the classifier forward alone (as the config's inferer runs it) at each batch size, on the preprocessed
   images;
 * ``backend`` x ``precision``: the batched end-to-end and forward rows run once per `backends` value (the config's
   `backend`: PyTorch, or the networks compiled by OpenVINO: classifier and lung UNet, `lung_backend`) and per
   `precisions` value (the config's `precision`: float32, or bfloat16: autocast in PyTorch, OpenVINO's bf16 inference
-  precision), and ``agreement`` compares every other combination with PyTorch float32 on every image of
+  precision, or int8: OpenVINO only, the static int8 model beside the checkpoint, `custom.models.quantization`, with
+  the lung UNet in bf16 where the CPU has it), and ``agreement`` compares every other combination with PyTorch float32
+  on every image of
   `agreement_images` (in the docs: the whole official train folder, never the test split, since the result informs
   the config defaults), per `agreement_lung_modes`: max |delta P(positive)| and the decisions that flip at the
-  checkpoint's threshold.
+  checkpoint's threshold, and the ROC-AUC of both against the images' class folders.
 
 End-to-end time: from the evaluator's first epoch start to its end (checkpoint loading, config parsing and the
 OpenVINO compilation at the first batch excluded: the warm-up run), best of `repeats` after one warm-up run. Prints
 one JSON line: date, command, device, versions and the rows; `--results_file` also writes it.
 
     OMP_NUM_THREADS=2 python scripts/benchmark_inference.py --images ../shared/data/pediatric_cxr/test --limit 256 \
-        --lung_modes crop,mask,none --backends torch,openvino --precisions float32,bfloat16 \
+        --lung_modes crop,mask,none --backends torch,openvino --precisions float32,bfloat16,int8 \
         --agreement_images ../shared/data/pediatric_cxr/train --results_file docs/results/inference_cpu.json
 """
 
@@ -35,9 +39,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# the old per-item path: the whole chain (lung step included) in the Dataset, default batch preparation, NCHW network
+# the item chain with MONAI's metadata tracking on (the config before 0.9.1 untracked it)
+TRACKED = {"dataset#track_meta": True}
+# the old per-item path: the whole chain (lung step included) in the Dataset, tracked, default batch preparation,
+# NCHW network
 PER_ITEM = {"dataset#transform": "@preprocessing", "evaluator#prepare_batch": "$monai.engines.default_prepare_batch",
-            "network": "$@network_def.to(@device)"}
+            "network": "$@network_def.to(@device)", **TRACKED}
 
 
 def _row(stage: str, images: int, seconds: float, **extra) -> dict:
@@ -78,33 +85,39 @@ def predictions(config: str, files: list[str], overrides: dict) -> dict[str, flo
         table = pd.read_csv(Path(out, "predictions.csv"))
         threshold = parser.get_parsed_content("operating_point").threshold
     positive = parser["class_names"][-1]
-    return {"scores": dict(zip(table["file"], table[f"prob_{positive}"])), "threshold": threshold}
+    return {"scores": dict(zip(table["file"], table[f"prob_{positive}"])), "threshold": threshold, "positive": positive}
 
 
 def backend_overrides(backend: str, precision: str) -> dict:
     """Config overrides that run the classifier and the lung UNet by `backend` ("torch" or "openvino") in
-    `precision` (the UNet follows the classifier: OpenVINO bf16 where `precision` resolves to bfloat16)."""
-    from custom.models.inferers import forward_dtype
+    `precision` (the UNet follows the classifier: OpenVINO bf16 where `precision` resolves to bfloat16, or is int8
+    on a CPU with native bf16: the UNet has no int8 model, an int8 UNet measured slower than bf16)."""
+    from custom.models.inferers import forward_dtype, native_bf16
 
     lung = "torch"
     if backend == "openvino":
-        lung = "openvino-bf16" if forward_dtype(precision, "cpu") == torch.bfloat16 else "openvino"
+        bf16 = native_bf16("cpu") if precision == "int8" else forward_dtype(precision, "cpu") == torch.bfloat16
+        lung = "openvino-bf16" if bf16 else "openvino"
     return {"backend": backend, "precision": precision, "lung_backend": lung}
 
 
 def agreement(reference: dict, other: dict, backend: str, precision: str, lung_mode: str) -> dict:
     """`other` predictions (`backend` in `precision`) against PyTorch float32 `reference` ones: max and mean
-    |delta P(positive)|, decisions flipped at the threshold."""
+    |delta P(positive)|, decisions flipped at the threshold, and the ROC-AUC of both against the images' class
+    folders (`positive`: the positive class's folder name)."""
     import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     from custom.models.trained_model import is_positive
 
     names = sorted(reference["scores"])
     a, b = (np.array([run["scores"][n] for n in names]) for run in (reference, other))
     t = reference["threshold"]
+    truth = [Path(n).parent.name == reference["positive"] for n in names]
     return {"backend": backend, "precision": precision, "lung_mode": lung_mode, "images": len(names), "threshold": t,
             "max_abs_diff": round(float(np.abs(a - b).max()), 6), "mean_abs_diff": round(float(np.abs(a - b).mean()), 6),
-            "decisions_flipped": int((is_positive(a, t) != is_positive(b, t)).sum())}
+            "decisions_flipped": int((is_positive(a, t) != is_positive(b, t)).sum()),
+            "roc_auc_reference": round(float(roc_auc_score(truth, a)), 6), "roc_auc": round(float(roc_auc_score(truth, b)), 6)}
 
 
 def main(images: str = "data/sample/test", config: str = "configs/inference.json", ckpt_path: str = "models/model.pt",
@@ -126,10 +139,12 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
 
     files = [item["image"] for item in inference_items(images)[:limit]]
     common = {"ckpt_path": ckpt_path, **({} if num_workers is None else {"num_workers": num_workers})}
-    combos = [(b, p) for b in parse_list(backends, str) for p in parse_list(precisions, str)]
+    combos = [(b, p) for b in parse_list(backends, str) for p in parse_list(precisions, str)
+              if p != "int8" or b == "openvino"]  # int8: OpenVINO only
     rows = []
     for mode in parse_list(lung_modes, str):
-        paths = [("per-item", "torch", "float32", PER_ITEM), *(("batched", b, p, {}) for b, p in combos)]
+        paths = [("per-item", "torch", "float32", PER_ITEM), *(("tracked", b, p, TRACKED) for b, p in combos),
+                 *(("batched", b, p, {}) for b, p in combos)]
         for path, backend, precision, overrides in paths:
             seconds = end_to_end_seconds(config, files, {**common, "lung_mode": mode,
                                                          **backend_overrides(backend, precision), **overrides}, repeats)
@@ -144,7 +159,7 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
     batch = torch.stack([trained.preprocessing({"image": f})["image"].as_tensor() for f in files]).to(device)
     with torch.inference_mode():
         for backend, precision in combos:
-            inferer = classifier_inferer(backend, precision, device)
+            inferer = classifier_inferer(backend, precision, device, ckpt_path)
             for bs in parse_list(batch_sizes, int):
                 best = best_seconds(lambda: [inferer(batch[i:i + bs], net) for i in range(0, len(batch), bs)],
                                     repeats, device)

@@ -8,6 +8,7 @@ export_torchscript`; TorchScript is used instead of `models/model.pt` only while
     python scripts/export.py network --config_file "['configs/inference.json','configs/inference_medsam.json']" \
         --ckpt_path runs/models/model.pt --filepath models/medsam.onnx --nodynamic_batch
     python scripts/export.py encoder --variant lite --filepath models/lite_medsam_encoder.onnx [--int8]
+    python scripts/export.py int8                                     # models/model.pt -> models/model_int8.onnx
 """
 
 import json
@@ -67,6 +68,35 @@ def encoder(variant: str = "lite", checkpoint: str | None = None, filepath: str 
                       "max_abs_diff_vs_eager": _check(eager, fast, shape, 1)}))
 
 
+def int8(ckpt_path: str = "models/model.pt", dataset_dir: str = "../shared/data/pediatric_cxr", split_seed: int = 0,
+         images: int = 512, config_file: str = "configs/inference.json") -> None:
+    """Static int8 model (`custom.models.quantization`) of the classifier `ckpt_path`, beside it
+    (``models/model_int8.onnx``), calibrated on `images` images evenly spaced over the sorted training part of the
+    Kermany train split of `dataset_dir` (patient-aware split by `split_seed`; never validation or test),
+    preprocessed by `config_file` as inference preprocesses them (no lung step). Prints one JSON line: the file and
+    its record."""
+    import onnxruntime
+
+    from custom.data import build_kermany
+    from custom.io import file_sha256
+    from custom.models.quantization import calibration_record, int8_path, quantize_static_int8
+    from custom.models.trained_model import load_bundle
+
+    trained = load_bundle(".", config_file, ckpt_path, "cpu", lung_mode="none")
+    training = sorted(build_kermany(dataset_dir, seed=split_seed)["training"], key=lambda item: item["image"])
+    chosen = [training[i * len(training) // images]["image"] for i in range(min(images, len(training)))]
+    inputs = torch.stack([trained.preprocessing({"image": f})["image"].as_tensor() for f in chosen])
+    root = Path(dataset_dir).resolve()
+    record = {"source_checkpoint": {"file": Path(ckpt_path).name, "sha256": file_sha256(ckpt_path)},
+              "calibration": {"dataset": f"{root.name}: Kermany train, training part (split_seed {split_seed})",
+                              **calibration_record([str(Path(f).relative_to(root)) for f in chosen])},
+              "onnxruntime": onnxruntime.__version__,
+              "command": " ".join(["python scripts/export.py int8", *sys.argv[2:]])}
+    path = quantize_static_int8(trained.network.eval(), [inputs[i:i + 32] for i in range(0, len(inputs), 32)],
+                                int8_path(ckpt_path), record)
+    print(json.dumps({"int8": str(path), **record}))
+
+
 def torchscript(bundle_root: str = ".", ckpt_path: str | None = None, filepath: str | None = None) -> None:
     """`network_def` of `<bundle_root>/configs/inference.json` with the ``model`` weights of `ckpt_path` (default
     `<bundle_root>/models/model.pt`) -> `filepath` (default `<bundle_root>/models/model.ts`); prints the recorded
@@ -76,4 +106,4 @@ def torchscript(bundle_root: str = ".", ckpt_path: str | None = None, filepath: 
 
 
 if __name__ == "__main__":
-    fire.Fire({"network": network, "encoder": encoder, "torchscript": torchscript})
+    fire.Fire({"network": network, "encoder": encoder, "torchscript": torchscript, "int8": int8})

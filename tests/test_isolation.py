@@ -127,3 +127,40 @@ def test_evaluation_skips_and_lists_bad_files_and_scores_the_rest(tmp_path):
                                     "test": items}))
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode != 0 and f"{normal[0]}: label 7 not in 0..1" in run.stdout + run.stderr
+
+
+def test_untracked_chain_gives_the_tracked_values_and_keeps_the_file(tmp_path):
+    """inference.json's dataset runs its chain with MONAI's metadata tracking off (`track_meta: false`): the same
+    tensors as the tracked chain, bit for bit, on a pediatric RGB JPEG, an adult greyscale PNG, a DICOM and a NIfTI
+    copy; plain tensors with the file in image_meta_dict; the global setting is restored after each item; a file that
+    fails is still a failure record."""
+    import nibabel as nib
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor, get_track_meta
+
+    from custom.data.isolation import FAILED_KEY
+    from custom.data.transforms import source_file
+
+    nifti = tmp_path / "unci.nii.gz"
+    nib.save(nib.Nifti1Image(LoadCXR()(DICOM).numpy()[0], np.eye(4)), nifti)
+    adult = sorted((SHARED / "adult_cxr" / "NORMAL").glob("*.png"))[0]
+    files = [JPEGS[0], adult, DICOM, nifti]
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(ROOT), "output_dir": str(tmp_path / "out"), "lung_mode": "crop",
+                   "datalist": [{"image": str(f)} for f in files]})
+    parser.parse()
+    assert parser["dataset"]["track_meta"] is False, "inference.json runs its item chain untracked"
+    chain = parser.get_parsed_content("lung_batching").item_transform
+    data = parser.get_parsed_content("datalist")
+    tracked, untracked = IsolatedDataset(data, chain), IsolatedDataset(data, chain, track_meta=False)
+    for i, file in enumerate(files):
+        a, b = tracked[i], untracked[i]
+        assert get_track_meta(), "the global setting is restored"
+        assert isinstance(a["image"], MetaTensor) and type(b["image"]) is torch.Tensor
+        assert torch.equal(a["image"].as_tensor(), b["image"]), file.name
+        assert source_file(a) == source_file(b) == str(file)
+        assert list(b["image_meta_dict"]["spatial_shape"]) == list(a["image"].meta["spatial_shape"])
+    missing = IsolatedDataset([{"image": str(tmp_path / "missing.png")}], chain, track_meta=False)[0]
+    assert missing[FAILED_KEY][:2] == (str(tmp_path / "missing.png"), "LoadCXRd") and get_track_meta()

@@ -99,6 +99,9 @@ def test_implausible_mask_leaves_image_unchanged_and_warns_with_file_name():
     with pytest.warns(UserWarning, match=f"{path.name}: implausible lung mask"):
         out = strict({"image": image.clone()})
     assert torch.equal(out["image"], image) and out["lung_crop"] == "fallback"
+    untracked = {"image": image.as_tensor()[None], "image_meta_dict": {"filename_or_obj": [str(path)]}}
+    with pytest.warns(UserWarning, match=f"{path.name}: implausible lung mask"):  # a collated batch of plain tensors
+        assert strict.apply_batch(untracked)["lung_crop"] == ["fallback"]
     assert LungPreprocessd("image", MODEL, mode="crop")({"image": image.clone()})["lung_crop"] == "applied"
     assert LungPreprocessd("image", MODEL, mode="none")({"image": image.clone()})["lung_crop"] == "none"
     with pytest.raises(ValueError, match="mode must be one of"):

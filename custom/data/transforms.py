@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import torch
 from monai.config import KeysCollection, PathLike
-from monai.data import ImageReader, MetaTensor
+from monai.data import ImageReader, MetaTensor, get_track_meta
 from monai.data.image_reader import ITKReader, NibabelReader, PILReader
 from monai.transforms import LoadImage, MapTransform, Transform
 from monai.utils import ImageMetaKey, MetaKeys, convert_to_tensor, ensure_tuple
@@ -54,16 +54,17 @@ class CXRPILReader(PILReader):
     def load(self, path: str) -> tuple[torch.Tensor, dict]:
         """One file as ``LoadImage(reader=self, image_only=True, ensure_channel_first=True, dtype=None)`` returns it,
         without its generic machinery (a third of the time on a 224 px JPEG): the (C, W, H) tensor in the file's
-        dtype and the same metadata (tests/test_transforms.py holds the two equal)."""
+        dtype and the same metadata (tests/test_transforms.py holds the two equal). The tensor is a strided view of
+        the decoded (H, W[, C]) array, not a copy: reduce the channels first, then make the one channel contiguous."""
         img = self.read(path)
         array = np.array(img)  # (H, W[, C]), writable (torch refuses to view Pillow's read-only buffer)
         header = {key: "none" if value is None else value for key, value in self._get_meta_dict(img).items()}
         meta = {**header, MetaKeys.SPATIAL_SHAPE: np.asarray(img.size),
                 MetaKeys.ORIGINAL_CHANNEL_DIM: -1 if array.ndim == 3 else float("nan"),
                 ImageMetaKey.FILENAME_OR_OBJ: path, MetaKeys.AFFINE: torch.eye(4, dtype=torch.float64)}
-        # (W, H[, C]): MONAI's PIL axes; torch's strided copy is 3x faster than numpy's for an RGB JPEG
-        tensor = convert_to_tensor(array).transpose(0, 1).contiguous()
-        return (tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor[None]), meta
+        # (C, W, H): MONAI's PIL axes, as a view
+        tensor = convert_to_tensor(array)
+        return (tensor.permute(2, 1, 0) if tensor.ndim == 3 else tensor.T[None]), meta
 
 
 _PIL_CONVERT = {"P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "1": "L"}
@@ -207,9 +208,15 @@ class LoadCXR(Transform):
         self.readers = cxr_readers()
         # dtype None: the reader's own dtype (uint8 for most JPEG / PNG); the cast to float32 comes after the channel
         # reduction, on a quarter of the bytes (same values: every integer pixel is exact in float32)
-        self.loader = LoadImage(reader=self.readers, image_only=True, ensure_channel_first=True, dtype=None)
+        # image_only False: the metadata comes back whether MONAI's metadata tracking is on or off
+        self.loader = LoadImage(reader=self.readers, image_only=False, ensure_channel_first=True, dtype=None)
 
     def __call__(self, path: PathLike) -> MetaTensor:
+        image, meta = self.read(path)
+        return MetaTensor(image, meta=meta)
+
+    def read(self, path: PathLike) -> tuple[torch.Tensor, dict]:
+        """(the (1, W, H) float32 image as a plain tensor, its metadata): what ``__call__`` wraps in a `MetaTensor`."""
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: file not found")
@@ -232,22 +239,22 @@ class LoadCXR(Transform):
             if isinstance(reader, CXRPILReader):  # JPEG, PNG, BMP, TIFF: always 2-D
                 raw, meta = reader.load(path)
             else:
-                img = self.loader(path, reader=reader)
+                img, meta = self.loader(path, reader=reader)
                 spatial = tuple(img.shape[1:])
                 while len(spatial) > 2 and spatial[-1] == 1:
                     spatial = spatial[:-1]
                 if len(spatial) > 2:
                     raise UnreadableImageError(f"{len(spatial)}-D volume ({' x '.join(map(str, spatial))}): "
                                                "expected a 2-D radiograph")
-                raw, meta = img.as_tensor(), img.meta  # plain tensor ops: a MetaTensor's cost a few times more
-            out = to_single_channel(raw).to(torch.float32)
+                raw = convert_to_tensor(img, track_meta=False)  # plain tensor ops: a MetaTensor's cost a few times more
+            out = to_single_channel(raw).to(torch.float32).contiguous()
         except Exception as err:  # readers raise many types; report one clear message
             raise UnreadableImageError(f"{path}: cannot read image: {_root_cause(err)}") from err
         if raw.is_floating_point() and not torch.isfinite(out).all():
             raise UnreadableImageError(f"{path}: image contains NaN or infinite values")
         if out.shape[1] < 8 or out.shape[2] < 8:
             raise UnreadableImageError(f"{path}: image too small ({tuple(out.shape[1:])} pixels)")
-        return MetaTensor(out, meta=meta)
+        return out, meta
 
 
 def _root_cause(err: BaseException) -> str:
@@ -266,15 +273,40 @@ def _root_cause(err: BaseException) -> str:
 
 
 class LoadCXRd(MapTransform):
-    """Dictionary version of `LoadCXR`: replaces each key's path with a (1, W, H) float32 `MetaTensor`."""
+    """Dictionary version of `LoadCXR`: replaces each key's path with a (1, W, H) float32 `MetaTensor`, or, while
+    MONAI's metadata tracking is off (`monai.data.set_track_meta(False)`, as `custom.data.IsolatedDataset` with
+    ``track_meta=False`` runs its chain), with a plain tensor and the file under ``{key}_{meta_key_postfix}``
+    (``{"filename_or_obj": path, "spatial_shape": (W, H)}``, MONAI's `LoadImaged` convention; read it back with
+    `source_file`)."""
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, meta_key_postfix: str = "meta_dict", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadCXR()
+        self.meta_key_postfix = meta_key_postfix
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
+            image, meta = self.loader.read(d[key])
+            if get_track_meta():
+                d[key] = MetaTensor(image, meta=meta)
+            else:
+                d[key] = image
+                d[f"{key}_{self.meta_key_postfix}"] = {
+                    ImageMetaKey.FILENAME_OR_OBJ: meta[ImageMetaKey.FILENAME_OR_OBJ],
+                    MetaKeys.SPATIAL_SHAPE: np.asarray(meta[MetaKeys.SPATIAL_SHAPE])}
         return d
+
+
+def source_file(data: Mapping[Hashable, object], key: str = "image", index: int | None = None,
+                meta_key_postfix: str = "meta_dict") -> str:
+    """The file that ``data[key]`` was read from: its `MetaTensor` meta, else ``data[f"{key}_{meta_key_postfix}"]``
+    (`LoadCXRd` untracked), else ``data[key]`` itself when it is still a path (e.g. a cached MedSAM embedding's
+    item); "" when none says. `index`: the item of a collated batch (lists of names)."""
+    value = data.get(key)
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    meta = getattr(value, "meta", None) or data.get(f"{key}_{meta_key_postfix}") or {}
+    name = meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")
+    return str(name[index] if index is not None and isinstance(name, (list, tuple)) else name)
 

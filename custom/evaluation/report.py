@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from custom.evaluation.ignite_metrics import OperatingPointMetrics, label_index
 from custom.evaluation.metrics import bootstrap_intervals, domain_metrics
 from custom.evaluation.plots import plot_confusion_matrix, plot_domain_roc, plot_roc_pr
+from custom.data.transforms import source_file
 from custom.io import atomic_path, write_json
 from custom.lung.transforms import STATUS_KEY
 from custom.models.trained_model import OperatingPoint
@@ -37,8 +38,9 @@ class ClassificationReport:
     `{prefix}_roc_domains.png`; with one domain (or none) the files are exactly those of a plain run.
 
     Expects decollated outputs with "pred" = (C,) class probabilities and "label" = class index or (C,) one-hot
-    (absent for unlabelled inference); the file name comes from the decollated batch's "image" (a MetaTensor's
-    meta, or the path string itself when the network input is a cached embedding).
+    (absent for unlabelled inference); the file name comes from the decollated batch's "image"
+    (`custom.data.transforms.source_file`: a MetaTensor's meta, "image_meta_dict", or the path string itself when the
+    network input is a cached embedding).
 
     Args:
         output_dir: where the files go.
@@ -88,8 +90,7 @@ class ClassificationReport:
             self.patients.append(source.get("patient_id"))
             self.lung.append(source.get(STATUS_KEY))
             self.domains.append(source.get("domain"))
-            image = source.get("image")  # a loaded MetaTensor, or the path itself when the input is a cached embedding
-            self.files.append(image if isinstance(image, str) else str(getattr(image, "meta", {}).get("filename_or_obj", "")))
+            self.files.append(source_file(source))
 
     @property
     def binary(self) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
+from custom.data.transforms import source_file
 from custom.evaluation.saliency import (
     Saliency,
     as_numpy,
@@ -88,8 +89,7 @@ class SaliencyHandler:
         device = next(engine.network.parameters()).device
         for item, source in zip(engine.state.output, engine.state.batch):
             image = item.get("image", source.get("image"))
-            named = source.get(self.filename_key)
-            file = named if isinstance(named, str) else str(getattr(named, "meta", {}).get("filename_or_obj", ""))
+            file = source_file(source, self.filename_key)
             try:
                 self._explain(image, item, file, device)
             except Exception as err:  # one bad item must not stop the evaluation: report it and go on
@@ -99,8 +99,8 @@ class SaliencyHandler:
 
     def _explain(self, image, item: dict, file: str, device: torch.device) -> None:
         if not file:
-            raise ValueError(f"no file name: batch key {self.filename_key!r} is neither a path nor a MetaTensor with "
-                             "'filename_or_obj'")
+            raise ValueError(f"no file name: batch key {self.filename_key!r} is neither a path nor an image read "
+                             "with its 'filename_or_obj'")
         label = item.get("label")
         if label is None:
             raise ValueError(f"{file}: no label, the outcome (TP/FP/TN/FN) is undefined")

@@ -14,6 +14,7 @@ from monai.transforms import Compose, MapTransform
 from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
+from custom.data.transforms import source_file
 from custom.lung.segmentation import load_lung_unet, load_lung_unet_openvino, segment_lungs_batch
 
 MODES = ("crop", "mask", "none")
@@ -78,7 +79,7 @@ class LungPreprocessd(MapTransform):
             return d
         for key in self.key_iterator(d):
             image = d[key]
-            name = _file_name(image, key)
+            name = source_file(d, key) or f"<{key}>"
             if not isinstance(image, torch.Tensor) or image.ndim != 3:
                 raise ValueError(f"{name}: LungPreprocessd expects a (C, W, H) tensor, got {getattr(image, 'shape', type(image))}")
             out, mask, [status] = self.apply(image[None], [name])
@@ -100,7 +101,7 @@ class LungPreprocessd(MapTransform):
             return d
         for key in keys:
             images = d[key]
-            names = [_file_name(images, key, i) for i in range(size)]
+            names = [source_file(d, key, i) or f"<{key}>" for i in range(size)]
             out, masks, d[STATUS_KEY] = self.apply(images, names)
             d[key] = convert_to_dst_type(out, images)[0]
             if self.mask_key is not None:
@@ -166,9 +167,3 @@ class BatchedLungStep:
             batchdata.update(step.apply_batch(batchdata))  # in place: the engine decollates this dict for handlers
         return default_prepare_batch(batchdata, device, non_blocking, **kwargs)
 
-
-def _file_name(image, key: Hashable, index: int | None = None) -> str:
-    """The file an image was read from (meta "filename_or_obj"; the ``index``-th of a collated batch), else <key>."""
-    meta = getattr(image, "meta", {}) or {}
-    name = meta.get("filename_or_obj", f"<{key}>")
-    return str(name[index] if index is not None and isinstance(name, (list, tuple)) else name)

@@ -11,7 +11,7 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_tensor
 from torch import nn
 
-PRECISIONS = ("float32", "bfloat16", "auto")
+PRECISIONS = ("float32", "bfloat16", "auto")  # of a float forward; backend "openvino" also runs "int8"
 BACKENDS = ("torch", "openvino", "onnxruntime")  # how an inference config runs its classifier
 
 
@@ -57,16 +57,22 @@ class OpenVinoInferer(Inferer):
     ``dtype`` float32 (exact up to float32 rounding) or bfloat16 (OpenVINO's bf16 inference precision, approximate;
     needs `native_bf16`): (B, C, H, W) -> float32 (B, num_classes) logits. The network is converted at the first call
     with its weights of that moment and recompiled only when another network object is passed, so it serves
-    inference, not training. Speed and agreement with float32 PyTorch: docs/benchmarks.md, "CPU inference throughput".
+    inference, not training.
+
+    With `int8_file` (an int8 QDQ ONNX model, `custom.models.quantization`) that file is compiled instead, once, and the
+    network passed in is not read: int8 convolutions, the other operations in ``dtype``; the caller checks that the
+    file belongs to the network's checkpoint (`classifier_inferer` does). Speed and agreement with float32 PyTorch:
+    docs/benchmarks.md, "CPU inference throughput".
     """
 
-    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, dtype: torch.dtype = torch.float32, int8_file: str | None = None) -> None:
         super().__init__()
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"OpenVinoInferer runs float32 or bfloat16, got {dtype}")
         if dtype == torch.bfloat16 and not native_bf16("cpu"):
             raise ValueError("bfloat16 needs a CPU with AMX or AVX-512 BF16; use precision 'auto' or 'float32'")
         self.dtype = dtype
+        self.int8_file = None if int8_file is None else str(int8_file)
         self.source: nn.Module | None = None
         self.compiled: nn.Module | None = None
 
@@ -77,22 +83,35 @@ class OpenVinoInferer(Inferer):
             raise ValueError("OpenVinoInferer compiles the network for one input tensor; it cannot pass further "
                              "forward arguments (use backend 'torch')")
         inputs = convert_to_tensor(inputs, track_meta=False)  # a MetaTensor sends every layer's op through Python
-        if self.source is not network:
-            precision = "bf16" if self.dtype == torch.bfloat16 else "f32"
+        precision = "bf16" if self.dtype == torch.bfloat16 else "f32"
+        if self.int8_file is not None:
+            if self.compiled is None:
+                self.compiled = OpenVinoModule(self.int8_file, precision)
+        elif self.source is not network:
             self.compiled = OpenVinoModule(openvino_model(network, inputs[:1]), precision)
             self.source = network
         return self.compiled(inputs)
 
 
-def classifier_inferer(backend: str, precision: str, device: torch.device | str) -> Inferer:
+def classifier_inferer(backend: str, precision: str, device: torch.device | str,
+                       ckpt_path: str | None = None) -> Inferer:
     """The inference configs' `inferer` for their `backend`: "torch" (`AutocastInferer` in `precision` on `device`),
-    "openvino" (`OpenVinoInferer` in `precision`, CPU only) or "onnxruntime" (the network is an
-    `custom.models.export.OnnxModule`; float32, `precision` ignored)."""
+    "openvino" (`OpenVinoInferer` in `precision`, CPU only; precision "int8" runs the int8 model of `ckpt_path`,
+    `custom.models.quantization.checked_int8_path`, the rest in bfloat16 where `native_bf16`) or "onnxruntime" (the
+    network is an `custom.models.export.OnnxModule`; float32, `precision` ignored)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if precision == "int8" and backend != "openvino":
+        raise ValueError(f"precision 'int8' runs on backend 'openvino' only, got backend {backend!r}")
     if backend == "openvino":
         if torch.device(device).type != "cpu":
             raise ValueError(f"backend 'openvino' runs on the CPU; got device {device} (use backend 'torch')")
+        if precision == "int8":
+            from custom.models.quantization import checked_int8_path
+
+            if ckpt_path is None:
+                raise ValueError("precision 'int8' needs the checkpoint whose int8 model to run (ckpt_path)")
+            return OpenVinoInferer(forward_dtype("auto", "cpu"), int8_file=str(checked_int8_path(ckpt_path)))
         return OpenVinoInferer(forward_dtype(precision, "cpu"))
     return AutocastInferer(forward_dtype(precision if backend == "torch" else "float32", device))
 
