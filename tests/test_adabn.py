@@ -56,8 +56,10 @@ def test_unlabelled_images_keep_only_the_image_of_the_domain():
                              {"image": "b.png", "label": 1, "class_name": "PNEUMONIA", "domain": "pediatric"}]}
     assert unlabelled_images(datalist, "training", "adult") == [{"image": "a.png"}]
     assert unlabelled_images(datalist, "training") == [{"image": "a.png"}, {"image": "b.png"}]
-    with pytest.raises(ValueError, match="no domain 'rsna' in 'training' items"):
+    with pytest.raises(ValueError, match=r"no 'training' items of domain 'rsna' .*\['adult', 'pediatric'\]"):
         unlabelled_images(datalist, "training", "rsna")
+    with pytest.raises(ValueError, match="AdaBN has no target images: no 'validation' items"):
+        unlabelled_images(datalist, "validation")
     with pytest.raises(ValueError, match="no BatchNorm layer"):
         adapt_batchnorm(torch.nn.Linear(2, 2), [], "cpu")
 

@@ -9,13 +9,17 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from custom.data.domains import domain_items
+
 def unlabelled_images(datalist: Mapping, split: str, domain: str | None = None) -> list[dict]:
-    """The items of ``datalist[split]`` (of `domain` only, when given) reduced to ``{"image": path}``: what AdaBN
-    reads of the target domain, labels removed. Raises ValueError when nothing is left."""
-    items = [item for item in datalist.get(split) or [] if domain is None or item.get("domain") == domain]
+    """The items of ``datalist[split]`` (of `domain` only, when given: `custom.data.domain_items`, whose error names
+    the domains found) reduced to ``{"image": path}``: what AdaBN reads of the target domain, labels removed. Raises
+    ValueError when nothing is left."""
+    if domain is not None:
+        return domain_items(dict(datalist), split, domain, labelled=False)
+    items = datalist.get(split) or []
     if not items:
-        where = f"domain {domain!r} in " if domain else ""
-        raise ValueError(f"AdaBN has no target images: no {where}'{split}' items in the datalist")
+        raise ValueError(f"AdaBN has no target images: no '{split}' items in the datalist")
     return [{"image": item["image"]} for item in items]
 
 
