@@ -117,7 +117,8 @@ def agreement(reference: dict, other: dict, backend: str, precision: str, lung_m
     return {"backend": backend, "precision": precision, "lung_mode": lung_mode, "images": len(names), "threshold": t,
             "max_abs_diff": round(float(np.abs(a - b).max()), 6), "mean_abs_diff": round(float(np.abs(a - b).mean()), 6),
             "decisions_flipped": int((is_positive(a, t) != is_positive(b, t)).sum()),
-            "roc_auc_reference": round(float(roc_auc_score(truth, a)), 6), "roc_auc": round(float(roc_auc_score(truth, b)), 6)}
+            "roc_auc_reference": round(float(roc_auc_score(truth, a)), 6),
+            "roc_auc": round(float(roc_auc_score(truth, b)), 6)}
 
 
 def main(images: str = "data/sample/test", config: str = "configs/inference.json", ckpt_path: str = "models/model.pt",

@@ -47,7 +47,8 @@ def test_int8_stays_close_to_float32_and_the_guard_refuses_another_checkpoint(tm
     calibration, held_out = images[::2], images[1::2]
     path = quantize_static_int8(model.network, [calibration[:16], calibration[16:]], int8_path(ckpt),
                                 {"source_checkpoint": {"file": "model.pt", "sha256": "will be replaced"}})
-    assert path == tmp_path / "model_int8.onnx" and int8_record(path)["source_checkpoint"]["sha256"] == "will be replaced"
+    assert path == tmp_path / "model_int8.onnx"
+    assert int8_record(path)["source_checkpoint"]["sha256"] == "will be replaced"
     with pytest.raises(ValueError, match=r"quantised from a checkpoint with sha256 will be replaced, but .*model\.pt "
                                          r"has sha256 [0-9a-f]{64}: rebuild it with `python scripts/export.py int8`"):
         classifier_inferer("openvino", "int8", "cpu", str(ckpt))

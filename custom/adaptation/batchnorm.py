@@ -11,6 +11,7 @@ from torch import nn
 
 from custom.data.domains import domain_items
 
+
 def unlabelled_images(datalist: Mapping, split: str, domain: str | None = None) -> list[dict]:
     """The items of ``datalist[split]`` (of `domain` only, when given: `custom.data.domain_items`, whose error names
     the domains found) reduced to ``{"image": path}``: what AdaBN reads of the target domain, labels removed. Raises

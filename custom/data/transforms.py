@@ -279,7 +279,8 @@ class LoadCXRd(MapTransform):
     (``{"filename_or_obj": path, "spatial_shape": (W, H)}``, MONAI's `LoadImaged` convention; read it back with
     `source_file`)."""
 
-    def __init__(self, keys: KeysCollection, meta_key_postfix: str = "meta_dict", allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, meta_key_postfix: str = "meta_dict",
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadCXR()
         self.meta_key_postfix = meta_key_postfix
@@ -309,4 +310,3 @@ def source_file(data: Mapping[Hashable, object], key: str = "image", index: int 
     meta = getattr(value, "meta", None) or data.get(f"{key}_{meta_key_postfix}") or {}
     name = meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")
     return str(name[index] if index is not None and isinstance(name, (list, tuple)) else name)
-

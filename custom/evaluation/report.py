@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from ignite.engine import Engine, Events
 
+from custom.data.transforms import source_file
 from custom.evaluation.ignite_metrics import OperatingPointMetrics, label_index
 from custom.evaluation.metrics import bootstrap_intervals, domain_metrics
 from custom.evaluation.plots import plot_confusion_matrix, plot_domain_roc, plot_roc_pr
-from custom.data.transforms import source_file
 from custom.io import atomic_path, write_json
 from custom.lung.transforms import STATUS_KEY
 from custom.models.trained_model import OperatingPoint
