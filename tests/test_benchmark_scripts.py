@@ -65,28 +65,47 @@ def test_run_record_reads_the_cpu_model(tmp_path):
 
 
 def test_benchmark_inference_results_file(tmp_path, monkeypatch, capsys):
+    """Rows for every lung mode x path x backend x precision (int8 on OpenVINO only: no PyTorch int8 row), forward
+    rows per batch size, and each approximate setting's agreement with PyTorch float32 on every image of a real
+    folder, ROC-AUC included."""
     out = run_script("benchmark_inference.py", "--images", TEST_IMAGES, "--limit", 4, "--batch_sizes", "1,2",
-                     "--repeats", 1, "--lung_modes", "crop,none", "--precisions", "float32,bfloat16",
-                     "--agreement_images", SAMPLE / "test", "--results_file", tmp_path / "results" / "inference.json",
-                     monkeypatch=monkeypatch, capsys=capsys)
+                     "--repeats", 1, "--lung_modes", "crop,none", "--backends", "torch,openvino",
+                     "--precisions", "float32,int8", "--agreement_images", SAMPLE / "test",
+                     "--results_file", tmp_path / "results" / "inference.json", monkeypatch=monkeypatch, capsys=capsys)
     result = written_and_printed(tmp_path / "results" / "inference.json", out)
     check_record(result, "benchmark_inference.py")
     assert result["device"]["used"] == "cpu"
     assert result["images"] == 4 and result["input_shape"] == [1, 128, 128]
-    assert [(r["stage"], r.get("lung_mode"), r.get("path"), r.get("batch"), r["precision"]) for r in result["rows"]] == [
-        ("end-to-end", "crop", "per-item", None, "float32"), ("end-to-end", "crop", "batched", None, "float32"),
-        ("end-to-end", "crop", "batched", None, "bfloat16"),
-        ("end-to-end", "none", "per-item", None, "float32"), ("end-to-end", "none", "batched", None, "float32"),
-        ("end-to-end", "none", "batched", None, "bfloat16"),
-        ("forward", None, None, 1, "float32"), ("forward", None, None, 2, "float32"),
-        ("forward", None, None, 1, "bfloat16"), ("forward", None, None, 2, "bfloat16")]
+    combos = [("torch", "float32"), ("openvino", "float32"), ("openvino", "int8")]
+    expected = [("end-to-end", mode, path, None, *combo) for mode in ("crop", "none")
+                for path, path_combos in (("per-item", combos[:1]), ("tracked", combos), ("batched", combos))
+                for combo in path_combos]
+    expected += [("forward", None, None, batch, *combo) for combo in combos for batch in (1, 2)]
+    assert [(r["stage"], r.get("lung_mode"), r.get("path"), r.get("batch"), r["backend"], r["precision"])
+            for r in result["rows"]] == expected
     for row in result["rows"]:
         assert row["images_per_s"] > 0 and row["ms_per_image"] == pytest.approx(1000 / row["images_per_s"], rel=0.1)
-    [agreement] = result["agreement"]  # every image of the folder, bfloat16 against float32
     images = len(list((SAMPLE / "test").rglob("*.jpeg")))
-    assert agreement["precision"] == "bfloat16" and agreement["images"] == images
-    assert 0 <= agreement["mean_abs_diff"] <= agreement["max_abs_diff"] < 0.05
-    assert 0 <= agreement["decisions_flipped"] <= images
+    exact, int8 = result["agreement"]  # every image of the folder against PyTorch float32
+    assert (exact["backend"], exact["precision"], int8["backend"], int8["precision"]) == (
+        "openvino", "float32", "openvino", "int8")
+    assert exact["images"] == int8["images"] == images
+    assert exact["max_abs_diff"] < 1e-4 and exact["decisions_flipped"] == 0
+    assert exact["roc_auc"] == pytest.approx(exact["roc_auc_reference"], abs=1e-4)
+    assert 0 < int8["mean_abs_diff"] <= int8["max_abs_diff"] < 0.1 and 0 <= int8["decisions_flipped"] <= images
+    assert 0.5 < int8["roc_auc"] <= 1 and abs(int8["roc_auc"] - int8["roc_auc_reference"]) < 0.02
+
+
+def test_markdown_table_counts_the_runs_behind_each_row():
+    from custom.evaluation.benchmark import markdown_table, mean_std
+
+    rows = {"source": mean_std([{"roc_auc": 0.72}], ("roc_auc",)),
+            "dann": mean_std([{"roc_auc": v} for v in (0.70, 0.71, 0.75)], ("roc_auc",)),
+            "written before counts": {"roc_auc": {"mean": 0.8, "std": 0.01}}}
+    lines = markdown_table(rows, 3, ("roc_auc",)).splitlines()
+    assert lines[2] == "| source | 1 | 0.720 ± 0.000 |"
+    assert lines[3] == "| dann | 3 | 0.720 ± 0.026 |"
+    assert lines[4] == "| written before counts | 3 | 0.800 ± 0.010 |"
 
 
 def test_benchmark_export_results_file(tmp_path, monkeypatch, capsys):

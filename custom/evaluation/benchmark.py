@@ -138,8 +138,9 @@ def predictions_file(run_dir: str | Path, split: str) -> Path:
 
 
 def spread(values: Sequence[float]) -> dict:
-    """``{"mean", "std"}`` of `values` (std: sample standard deviation, 0 for a single value)."""
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+    """``{"mean", "std", "n"}`` of `values` (std: sample standard deviation, 0 for a single value; n: how many)."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values)}
 
 
 def mean_std(results: Sequence[Mapping[str, float]], keys: Sequence[str] = REPORTED) -> dict:
@@ -155,11 +156,12 @@ def pick_on_validation(validation: Mapping[str, Mapping]) -> str:
 
 
 def markdown_table(rows: Mapping[str, Mapping], seeds: int, keys: Sequence[str] = REPORTED) -> str:
-    """Markdown table, one row per name: ``mean ± std`` of each key from `mean_std` results."""
+    """Markdown table, one row per name: ``mean ± std`` of each key from `mean_std` results, and the number of runs
+    behind the row (its `spread` count; `seeds` for results written before spreads recorded it)."""
     lines = [f"| run | seeds | {' | '.join(keys)} |", f"|---|---|{'---|' * len(keys)}"]
     for name, stats in rows.items():
         cells = " | ".join(f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}" for k in keys)
-        lines.append(f"| {name} | {seeds} | {cells} |")
+        lines.append(f"| {name} | {stats[keys[0]].get('n', seeds)} | {cells} |")
     return "\n".join(lines)
 
 
