@@ -32,7 +32,13 @@ from custom.data.datalists import (  # noqa: E402
     load_datalist,
 )
 from custom.evaluation.timing import run_record  # noqa: E402
-from custom.evaluation.tsne import cached_embeddings, domain_separability, penultimate_features, tsne_plot  # noqa: E402
+from custom.evaluation.tsne import (  # noqa: E402
+    cached_embeddings,
+    domain_separability,
+    item_domain,
+    penultimate_features,
+    tsne_plot,
+)
 from custom.io import write_json  # noqa: E402
 from custom.medsam.embedding_cache import EmbeddingCache  # noqa: E402
 from custom.medsam.encoders import build_encoder  # noqa: E402
@@ -72,8 +78,8 @@ def gather_items(datalist=None, dataset_dir=None, layout="kermany", class_map=No
     if max_per_domain:
         rng = np.random.default_rng(seed)
         chosen = []
-        for domain in sorted({str(it.get("domain", "unknown")) for it in items}):
-            members = [it for it in items if str(it.get("domain", "unknown")) == domain]
+        for domain in sorted({item_domain(it) for it in items}):
+            members = [it for it in items if item_domain(it) == domain]
             picks = rng.choice(len(members), min(int(max_per_domain), len(members)), replace=False)
             chosen += [members[i] for i in sorted(picks)]
         items = chosen
@@ -109,7 +115,7 @@ def main(output: str = "runs/eval/tsne.png", datalist=None, dataset_dir=None, la
                                                batch_size, device)
         title = f"t-SNE, {label or Path(ckpt_path).name} features"
     tsne_plot(features, items, output, perplexity, seed, title)
-    domains = [str(it.get("domain", "unknown")) for it in items]
+    domains = [item_domain(it) for it in items]
     result = {**run_record(device), "output": output, "source": source,
               "features": ckpt_path if source == "checkpoint" else f"medsam {variant}", "images": len(items),
               "feature_dim": int(features.shape[1]), "per_domain": {d: domains.count(d) for d in sorted(set(domains))}}

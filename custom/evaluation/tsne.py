@@ -114,6 +114,11 @@ def plot_tsne(coords: np.ndarray, classes: Sequence[str], domains: Sequence[str]
     save_figure(fig, path)
 
 
+def item_domain(item: Mapping) -> str:
+    """A datalist item's ``domain``, "unknown" when it has none."""
+    return str(item.get("domain", "unknown"))
+
+
 def tsne_plot(features: np.ndarray, items: Sequence[Mapping], path: str | os.PathLike, perplexity: float = 30.0,
               seed: int = 0, title: str = "t-SNE") -> np.ndarray:
     """t-SNE of (N, F) features of N datalist items, plotted by ``class_name`` and ``domain`` (missing: "unknown");
@@ -122,5 +127,5 @@ def tsne_plot(features: np.ndarray, items: Sequence[Mapping], path: str | os.Pat
         raise ValueError(f"{len(features)} feature rows for {len(items)} items")
     coords = tsne_2d(features, perplexity, seed)
     plot_tsne(coords, [str(it.get("class_name", it.get("label", "unknown"))) for it in items],
-              [str(it.get("domain", "unknown")) for it in items], path, title)
+              [item_domain(it) for it in items], path, title)
     return coords
