@@ -69,6 +69,9 @@ def test_int8_stays_close_to_float32_and_the_guard_refuses_another_checkpoint(tm
     ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # another checkpoint now
     with pytest.raises(ValueError, match="rebuild it"):
         checked_int8_path(ckpt)
+    (tmp_path / "model_int8.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(ValueError, match="model_int8.onnx: no readable int8 model"):
+        checked_int8_path(ckpt)
     (tmp_path / "model_int8.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="no int8 model of"):
         checked_int8_path(ckpt)

@@ -58,7 +58,9 @@ def checked_int8_path(checkpoint: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no int8 model of {checkpoint} (build it with `{REBUILD}`)")
     record = int8_record(path)
-    source = (record or {}).get("source_checkpoint", {}).get("sha256")
+    if record is None:
+        raise ValueError(f"{path}: no readable int8 model with a {QUANTIZED_KEY!r} record; rebuild it with `{REBUILD}`")
+    source = record.get("source_checkpoint", {}).get("sha256")
     current = file_sha256(checkpoint)
     if source != current:
         raise ValueError(f"{path} was quantised from a checkpoint with sha256 {source}, but {checkpoint} has sha256 "
