@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from custom.io import file_sha256
 from custom.models.inferers import OpenVinoInferer, classifier_inferer
 from custom.models.quantization import checked_int8_path, int8_path, int8_record, quantize_static_int8
 from custom.models.trained_model import bundle_config, load_bundle
@@ -52,8 +53,6 @@ def test_int8_stays_close_to_float32_and_the_guard_refuses_another_checkpoint(tm
     with pytest.raises(ValueError, match=r"quantised from a checkpoint with sha256 will be replaced, but .*model\.pt "
                                          r"has sha256 [0-9a-f]{64}: rebuild it with `python scripts/export.py int8`"):
         classifier_inferer("openvino", "int8", "cpu", str(ckpt))
-    from custom.io import file_sha256
-
     quantize_static_int8(model.network, [calibration], path,
                          {"source_checkpoint": {"file": "model.pt", "sha256": file_sha256(ckpt)}})
     inferer = classifier_inferer("openvino", "int8", "cpu", str(ckpt))

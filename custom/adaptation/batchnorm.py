@@ -17,7 +17,7 @@ def unlabelled_images(datalist: Mapping, split: str, domain: str | None = None) 
     the domains found) reduced to ``{"image": path}``: what AdaBN reads of the target domain, labels removed. Raises
     ValueError when nothing is left."""
     if domain is not None:
-        return domain_items(dict(datalist), split, domain, labelled=False)
+        return domain_items(datalist, split, domain, labelled=False)
     items = datalist.get(split) or []
     if not items:
         raise ValueError(f"AdaBN has no target images: no '{split}' items in the datalist")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -205,7 +205,7 @@ def check_eval_domains(datalist: dict, split: str, source: str | os.PathLike) ->
     return datalist
 
 
-def domain_items(datalist: dict, split: str, domain: str, labelled: bool = True) -> list[dict]:
+def domain_items(datalist: Mapping, split: str, domain: str, labelled: bool = True) -> list[dict]:
     """The items of ``datalist[split]`` whose ``domain`` is `domain`; ``labelled=False`` keeps ``image`` only (what
     unsupervised adaptation may read of a target domain). Raises ValueError naming the domains found when none is
     `domain`, before training starts."""

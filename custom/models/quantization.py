@@ -117,4 +117,3 @@ def calibration_record(files: list[str]) -> dict:
     sorted file names (relative names, so that the record does not depend on where the data lives)."""
     names = "\n".join(sorted(files)).encode()
     return {"images": len(files), "files_sha256": hashlib.sha256(names).hexdigest()}
-
