@@ -15,7 +15,7 @@ parts and the pediatric official test are reported only. Writes per-run metrics 
 to `--results_file`, and prints the tables and the rule.
 
     python scripts/benchmark_adaptation.py --dataset_dir ../shared/data --datalist_file data/datalists/adult_split.json \\
-        --pediatric_dir ../shared/data/pediatric_cxr --init_ckpt models/model.pt --methods source,dann,coral,mmd \\
+        --pediatric_dir ../shared/data/pediatric_cxr --init_ckpt models/model_pediatric.pt --methods source,dann,coral,mmd \\
         --output_dir runs/adaptation --results_file docs/results/adaptation_adult.json
 """
 
@@ -62,7 +62,7 @@ def domain_parts(metrics: dict) -> dict:
             for split in SPLITS for domain in ("pediatric", "adult")}
 
 
-def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: str = "models/model.pt",
+def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: str = "models/model_pediatric.pt",
          methods="source,dann,coral,mmd", seeds="0,1,2", output_dir: str = "runs/adaptation", extra: str = "",
          results_file: str | None = None) -> None:
     """methods: "source" and any of `METHODS`; extra: more ``--id value`` overrides for the training runs

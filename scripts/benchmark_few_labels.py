@@ -19,7 +19,7 @@ the curve to `--plot_file` (and, with budget 0, into that evaluation's adult-tes
 to show it), and prints the tables.
 
     python scripts/benchmark_few_labels.py --dataset_dir ../shared/data --datalist_file data/datalists/adult_split.json \\
-        --pediatric_dir ../shared/data/pediatric_cxr --init_ckpt models/model.pt --method finetune \\
+        --pediatric_dir ../shared/data/pediatric_cxr --init_ckpt models/model_pediatric.pt --method finetune \\
         --output_dir runs/few_labels --results_file docs/results/few_labels_adult.json --plot_file docs/few_labels_adult.png
 """
 
@@ -53,7 +53,7 @@ RULE = ("none across budgets (each budget is reported); within a run the checkpo
         "{selected_on}, as the few-label setting allows")
 
 
-def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: str = "models/model.pt",
+def main(dataset_dir: str, datalist_file: str, pediatric_dir: str, init_ckpt: str = "models/model_pediatric.pt",
          method: str = "finetune", budgets="0,25,50,100,200,all", seeds="0,1,2", output_dir: str = "runs/few_labels",
          extra: str = "", results_file: str | None = None, plot_file: str | None = None) -> None:
     """budgets: labelled adult training images per run ("all": the whole training part; 0: `init_ckpt` as it is);

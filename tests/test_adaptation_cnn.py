@@ -145,17 +145,17 @@ def test_config_reads_adult_images_without_labels_and_selects_on_pediatric_valid
 
 
 @pytest.mark.parametrize("alignment", ["adversarial", "coral", "mmd"])
-def test_adaptation_trains_from_the_shipped_model(two_domain_datalist, tmp_path, alignment):
-    """Two real iterations (4 pediatric + 4 adult images each, 64 px) from the shipped weights: the loss terms are
+def test_adaptation_trains_from_the_shipped_pediatric_model(two_domain_datalist, tmp_path, alignment):
+    """Two real iterations (4 pediatric + 4 adult images each, 64 px) from the shipped pediatric weights: the loss terms are
     logged, the weights move, the domain head is saved for resume and provenance names the start checkpoint."""
     from monai.bundle import run as bundle_run
 
-    start = torch.load(ROOT / "models" / "model.pt", weights_only=True)["model"]
+    start = torch.load(ROOT / "models" / "model_pediatric.pt", weights_only=True)["model"]
     bundle_run("training", config_file=CONFIGS, bundle_root=str(ROOT), dataset_dir=str(SHARED),
                datalist_file=two_domain_datalist, output_dir=str(tmp_path / "train"), ckpt_dir=str(tmp_path / "models"),
                alignment=alignment, max_epochs=1, epoch_length=2, batch_size=4, num_workers=0, make_plots=False)
     saved = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
-    assert saved["domain_head"] and saved["provenance"]["init_checkpoint"]["path"].endswith("models/model.pt")
+    assert saved["domain_head"] and saved["provenance"]["init_checkpoint"]["path"].endswith("models/model_pediatric.pt")
     moved = [k for k, v in saved["model"].items() if v.is_floating_point() and not torch.equal(v, start[k])]
     assert "net.conv1.weight" in moved and "net.fc.weight" in moved
     epoch = json.loads((tmp_path / "train" / "history.json").read_text())[-1]
