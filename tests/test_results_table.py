@@ -13,12 +13,18 @@ METRIC_COLUMNS = {"accuracy": "accuracy", "ROC-AUC": "roc_auc", "sensitivity": "
 NUMBER = re.compile(r"\d+\.\d+")
 
 
-def results_table() -> list[dict]:
-    """Rows of the first Markdown table under README's "## Results", as {header: cell}."""
+def results_tables() -> list[list[dict]]:
+    """Every Markdown table under README's "## Results", each as a list of rows {header: cell}."""
     text = (ROOT / "README.md").read_text().split("\n## Results", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in text.splitlines() if line.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+    tables, lines = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            header = [c.strip() for c in lines[0].strip("|").split("|")]
+            tables.append([dict(zip(header, (c.strip() for c in row.strip("|").split("|")))) for row in lines[2:]])
+            lines = []
+    return tables
 
 
 def resolve(source: str):
@@ -39,12 +45,14 @@ def expected_numbers(stats: dict, key: str) -> list[float]:
     return [value] + ([interval["low"], interval["high"]] if interval else [])
 
 
-ROWS = results_table()
+DOMAIN_TABLE, ROWS = results_tables()  # per shipped model a column per domain; then every compared recipe
+DOMAIN_METRICS = ("accuracy", "ROC-AUC", "sensitivity", "specificity")
+DOMAIN_COLUMN = re.compile(r"^(?P<domain>\w+) (?P<metric>" + "|".join(map(re.escape, DOMAIN_METRICS)) + ")$")
 
 
-def test_results_table_has_rows_with_sources():
-    assert len(ROWS) >= 3
-    for row in ROWS:
+def test_results_tables_have_rows_with_sources():
+    assert len(ROWS) >= 3 and len(DOMAIN_TABLE) >= 2
+    for row in ROWS + DOMAIN_TABLE:
         assert row["source"].startswith("`docs/results/"), row
 
 
@@ -62,11 +70,32 @@ def test_every_number_of_a_row_matches_its_results_file(row):
             assert cell == pytest.approx(value, abs=0.0005 + 1e-9), f"{column}: {row[column]!r} vs {expected}"
 
 
+def test_domain_table_has_a_column_per_domain_and_metric():
+    domains = {DOMAIN_COLUMN.match(c)["domain"] for c in DOMAIN_TABLE[0] if DOMAIN_COLUMN.match(c)}
+    assert domains == {"pediatric", "adult"}
+    assert {c for c in DOMAIN_TABLE[0] if DOMAIN_COLUMN.match(c)} == {f"{d} {m}" for d in domains for m in DOMAIN_METRICS}
+
+
+@pytest.mark.parametrize("row", DOMAIN_TABLE, ids=[r["model"][:40] for r in DOMAIN_TABLE])
+def test_every_domain_column_matches_the_domains_entry_of_its_results_file(row):
+    """`source` names an evaluation of both domains in one run; each "<domain> <metric>" cell is that domain's entry."""
+    per_domain = resolve(row["source"])["domains"]
+    for column, cell in row.items():
+        if match := DOMAIN_COLUMN.match(column):
+            stats, key = per_domain[match["domain"]], METRIC_COLUMNS[match["metric"]]
+            shown = [float(x) for x in NUMBER.findall(cell)]
+            expected = expected_numbers(stats, key)
+            assert shown == pytest.approx(expected, abs=0.0005 + 1e-9), f"{column}: {cell!r} vs {expected}"
+
+
 def test_metadata_eval_metrics_match_the_shipped_model_results():
+    """The top level of `eval_metrics` and each nested entry with its own `source` (one per further domain)."""
     meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
-    source = meta["eval_metrics"]["source"]
-    stats = resolve(source)
-    numeric = {k: v for k, v in meta["eval_metrics"].items() if isinstance(v, (int, float))}
-    assert numeric, "metadata.json eval_metrics has no numbers"
-    for key, value in numeric.items():
-        assert value == pytest.approx(stats[key], abs=0.0005), key
+    entries = [meta["eval_metrics"], *(v for v in meta["eval_metrics"].values() if isinstance(v, dict))]
+    assert all("source" in entry for entry in entries) and len(entries) >= 2
+    for entry in entries:
+        stats = resolve(entry["source"])
+        numeric = {k: v for k, v in entry.items() if isinstance(v, (int, float))}
+        assert numeric, f"metadata.json eval_metrics entry {entry['source']} has no numbers"
+        for key, value in numeric.items():
+            assert value == pytest.approx(stats[key], abs=0.0005), (entry["source"], key)
