@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` (README's test command): one core per xdist worker, for its torch ops and for the OpenMP / BLAS
+    # pools of the bundle runs it starts as subprocesses (they inherit the environment)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from custom.models.inferers import native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SAMPLE = ROOT / "data" / "sample"
@@ -117,14 +119,14 @@ def test_resume_refuses_a_checkpoint_of_other_data_then_starts_over(trained, tmp
 
 
 def test_finetune_starts_from_the_init_checkpoint_on_a_label_budget(tmp_path):
-    """configs/finetune.json: the weights start from the shipped model (one step at lr 1e-4 leaves them within a
-    few per cent of it), and the training part is the budget's items, repeated to min_epoch_items."""
+    """configs/finetune.json: the weights start from the shipped pediatric model (one step at lr 1e-4 leaves them
+    within a few per cent of it), and the training part is the budget's items, repeated to min_epoch_items."""
     result = bundle("run", "training", "--config_file", "['configs/train.json','configs/finetune.json']",
                     "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"), *FAST,
                     "--label_budget", "4", "--min_epoch_items", "16", "--train_samples", "16", "--make_plots", "False")
     assert "Epoch[1] Complete" in result.stdout + result.stderr and "Epoch[2]" not in result.stdout + result.stderr
     tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    shipped = torch.load(ROOT / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    shipped = torch.load(ROOT / "models" / "model_pediatric.pt", map_location="cpu", weights_only=True)["model"]
     for name in ("net.conv1.weight", "net.fc.weight"):
         change = (tuned["model"][name] - shipped[name]).abs().mean() / shipped[name].abs().mean()
         assert 0 < change < 0.05, (name, change)
@@ -132,7 +134,7 @@ def test_finetune_starts_from_the_init_checkpoint_on_a_label_budget(tmp_path):
     assert tuned["provenance"]["config"]["label_budget"] == 4
     from custom.io import file_sha256
 
-    assert tuned["provenance"]["init_checkpoint"]["sha256"] == file_sha256(ROOT / "models" / "model.pt")
+    assert tuned["provenance"]["init_checkpoint"]["sha256"] == file_sha256(ROOT / "models" / "model_pediatric.pt")
 
 
 def test_seeds_share_the_validation_split_of_one_split_seed():
@@ -288,9 +290,10 @@ def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
 
 def test_shipped_medsam_model_runs_on_images_with_no_other_argument(tmp_path):
     """`models/medsam_head.pt` behind the LiteMedSAM encoder, run on official-test images by the README's command
-    alone: the same probabilities (live encoder vs the cached embeddings its evaluation used; float16 cache and,
-    on a CPU without native bf16, the float32 fallback stay within 0.05; 8e-5 on the AMX CPU of 2026-12-03) and
-    decisions as its recorded results."""
+    alone: the same decisions as its recorded results (cached OpenVINO bfloat16 embeddings) and, on a CPU with native
+    bfloat16 (the encoder then runs as it did for those results), the same probabilities within 0.05 (8e-5 on the
+    AMX CPU of 2026-12-03). Without native bf16 the encoder falls back to float32, and the bf16-trained head moves:
+    P(PNEUMONIA) of IM-0003-0001 0.682 -> 0.905 on the AVX2-only EPYC of 2026-12-04 (model card, Limits)."""
     recorded = {Path(r["file"]).name: r for r in csv.DictReader(open(ROOT / "docs/results/shipped_medsam_test/test_predictions.csv"))}
     test = SHARED / "pediatric_cxr" / "test"
     images = sorted((test / "NORMAL").glob("*.jpeg"))[:3] + sorted((test / "PNEUMONIA").glob("*.jpeg"))[:3]
@@ -304,9 +307,11 @@ def test_shipped_medsam_model_runs_on_images_with_no_other_argument(tmp_path):
     assert sorted(Path(r["file"]).name for r in rows) == sorted(p.name for p in images)
     assert list(csv.DictReader(open(tmp_path / "out" / "bad_files.csv"))) == []
     threshold = torch.load(ROOT / "models" / "medsam_head.pt", weights_only=False)["operating_point"]["threshold"]
+    same_encoder = native_bf16("cpu")
     for row in rows:
         expected = recorded[Path(row["file"]).name]
-        assert float(row["prob_PNEUMONIA"]) == pytest.approx(float(expected["prob_PNEUMONIA"]), abs=0.05), row
+        if same_encoder:
+            assert float(row["prob_PNEUMONIA"]) == pytest.approx(float(expected["prob_PNEUMONIA"]), abs=0.05), row
         if abs(float(expected["prob_PNEUMONIA"]) - threshold) > 0.05:  # not at the operating point
             assert row["predicted_label"] == expected["predicted_label"], row
 
