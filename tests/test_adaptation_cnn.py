@@ -146,8 +146,9 @@ def test_config_reads_adult_images_without_labels_and_selects_on_pediatric_valid
 
 @pytest.mark.parametrize("alignment", ["adversarial", "coral", "mmd"])
 def test_adaptation_trains_from_the_shipped_pediatric_model(two_domain_datalist, tmp_path, alignment):
-    """Two real iterations (4 pediatric + 4 adult images each, 64 px) from the shipped pediatric weights: the loss terms are
-    logged, the weights move, the domain head is saved for resume and provenance names the start checkpoint."""
+    """Two real iterations (4 pediatric + 4 adult images each, 64 px) from the shipped pediatric weights: the loss
+    terms are logged, the weights move, the domain head is saved for resume and provenance names the start
+    checkpoint."""
     from monai.bundle import run as bundle_run
 
     start = torch.load(ROOT / "models" / "model_pediatric.pt", weights_only=True)["model"]
