@@ -1,7 +1,9 @@
 """CPU/GPU inference throughput of the bundle (images/s, ms per image), in one run:
 
 * ``end-to-end``: the bundle's own `run` of configs/inference.json over the first `limit` files of `images` (decode,
-  preprocessing, lung step, classifier forward, the predictions report), once per lung_mode, for three paths:
+  preprocessing, lung step, classifier forward, the predictions report), once per lung_mode (and, for crop and mask,
+  per lung UNet of `lung_models`: the shipped 128 px `models/lung_unet.pt`, the 64 px `models/lung_unet_64.pt`), for
+  the `paths`:
   ``batched`` (the config as shipped: the item chain with MONAI's metadata tracking off, the lung UNet once per
   batch via `BatchedLungStep`, channels-last classifier), ``tracked`` (the same with metadata tracking on, as before
   0.9.1) and ``per-item`` (the old path: tracked, the lung step per image in the Dataset, NCHW classifier, PyTorch
@@ -13,7 +15,7 @@
   `precisions` value (the config's `precision`: float32, or bfloat16: autocast in PyTorch, OpenVINO's bf16 inference
   precision, or int8: OpenVINO only, the static int8 model beside the checkpoint, `custom.models.quantization`, with
   the lung UNet in bf16 where the CPU has it), and ``agreement`` compares every other combination with PyTorch float32
-  on every image of
+  (with the first of `lung_models`) on every image of
   `agreement_images` (in the docs: the whole official train folder, never the test split, since the result informs
   the config defaults), per `agreement_lung_modes`: max |delta P(positive)| and the decisions that flip at the
   checkpoint's threshold, and the ROC-AUC of both against the images' class folders.
@@ -23,8 +25,8 @@ OpenVINO compilation at the first batch excluded: the warm-up run), best of `rep
 one JSON line: date, command, device, versions and the rows; `--results_file` also writes it.
 
     OMP_NUM_THREADS=2 python scripts/benchmark_inference.py --images ../shared/data/pediatric_cxr/test --limit 256 \
-        --lung_modes crop,mask,none --backends torch,openvino --precisions float32,bfloat16,int8 \
-        --agreement_images ../shared/data/pediatric_cxr/train --results_file docs/results/inference_cpu.json
+        --lung_modes crop,mask,none --lung_models models/lung_unet.pt,models/lung_unet_64.pt \
+        --backends torch,openvino --precisions float32,bfloat16,int8 --agreement_images ../shared/data/pediatric_cxr/train --results_file docs/results/inference_cpu.json
 """
 
 import contextlib
@@ -101,8 +103,9 @@ def backend_overrides(backend: str, precision: str) -> dict:
     return {"backend": backend, "precision": precision, "lung_backend": lung}
 
 
-def agreement(reference: dict, other: dict, backend: str, precision: str, lung_mode: str) -> dict:
-    """`other` predictions (`backend` in `precision`) against PyTorch float32 `reference` ones: max and mean
+def agreement(reference: dict, other: dict, backend: str, precision: str, lung_mode: str, lung_model: str) -> dict:
+    """`other` predictions (`backend` in `precision`, lung UNet `lung_model`) against PyTorch float32 `reference` ones
+    (with the reference lung UNet): max and mean
     |delta P(positive)|, decisions flipped at the threshold, and the ROC-AUC of both against the images' class
     folders (`positive`: the positive class's folder name)."""
     import numpy as np
@@ -114,7 +117,8 @@ def agreement(reference: dict, other: dict, backend: str, precision: str, lung_m
     a, b = (np.array([run["scores"][n] for n in names]) for run in (reference, other))
     t = reference["threshold"]
     truth = [Path(n).parent.name == reference["positive"] for n in names]
-    return {"backend": backend, "precision": precision, "lung_mode": lung_mode, "images": len(names), "threshold": t,
+    return {"backend": backend, "precision": precision, "lung_mode": lung_mode, "lung_model": lung_model,
+            "images": len(names), "threshold": t,
             "max_abs_diff": round(float(np.abs(a - b).max()), 6), "mean_abs_diff": round(float(np.abs(a - b).mean()), 6),
             "decisions_flipped": int((is_positive(a, t) != is_positive(b, t)).sum()),
             "roc_auc_reference": round(float(roc_auc_score(truth, a)), 6),
@@ -122,11 +126,13 @@ def agreement(reference: dict, other: dict, backend: str, precision: str, lung_m
 
 
 def main(images: str = "data/sample/test", config: str = "configs/inference.json", ckpt_path: str = "models/model.pt",
-         lung_modes="crop,mask,none", batch_sizes="1,32", backends="torch", precisions="float32", limit: int = 256,
-         repeats: int = 3, agreement_images: str | None = None, agreement_lung_modes="none",
-         num_workers: int | None = None, results_file: str | None = None) -> None:
+         lung_modes="crop,mask,none", lung_models="models/lung_unet.pt", paths="per-item,tracked,batched",
+         batch_sizes="1,32", backends="torch", precisions="float32", limit: int = 256, repeats: int = 3,
+         agreement_images: str | None = None, agreement_lung_modes="none", num_workers: int | None = None,
+         results_file: str | None = None) -> None:
     """Times the first `limit` files of `images`; lung_modes: the config's `lung_mode` values to run end to end;
-    batch_sizes: of the classifier-only forward rows; backends, precisions: the config's `backend` ("torch",
+    lung_models: the lung UNets (the config's `lung_model_path`) of the crop and mask rows, the first also the
+    agreement reference; paths: the end-to-end paths to time (module docstring); batch_sizes: of the classifier-only forward rows; backends, precisions: the config's `backend` ("torch",
     "openvino") and `precision` values of the batched and forward rows; agreement_images: folder whose every image
     compares each other backend / precision with PyTorch float32, once per agreement_lung_modes value;
     num_workers: DataLoader workers (None: the config's); results_file: JSON path written atomically with what is
@@ -142,15 +148,19 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
     common = {"ckpt_path": ckpt_path, **({} if num_workers is None else {"num_workers": num_workers})}
     combos = [(b, p) for b in parse_list(backends, str) for p in parse_list(precisions, str)
               if p != "int8" or b == "openvino"]  # int8: OpenVINO only
+    lung_paths = parse_list(lung_models, str)
+    timed = parse_list(paths, str)
     rows = []
     for mode in parse_list(lung_modes, str):
-        paths = [("per-item", "torch", "float32", PER_ITEM), *(("tracked", b, p, TRACKED) for b, p in combos),
-                 *(("batched", b, p, {}) for b, p in combos)]
-        for path, backend, precision, overrides in paths:
-            seconds = end_to_end_seconds(config, files, {**common, "lung_mode": mode,
-                                                         **backend_overrides(backend, precision), **overrides}, repeats)
-            rows.append(_row("end-to-end", len(files), seconds, path=path, lung_mode=mode, backend=backend,
-                             precision=precision))
+        candidates = [("per-item", "torch", "float32", PER_ITEM), *(("tracked", b, p, TRACKED) for b, p in combos),
+                      *(("batched", b, p, {}) for b, p in combos)]
+        for lung_model in lung_paths if mode != "none" else lung_paths[:1]:
+            for path, backend, precision, overrides in (c for c in candidates if c[0] in timed):
+                seconds = end_to_end_seconds(config, files, {**common, "lung_mode": mode, "lung_model_path": lung_model,
+                                                             **backend_overrides(backend, precision), **overrides}, repeats)
+                rows.append(_row("end-to-end", len(files), seconds, path=path, lung_mode=mode,
+                                 lung_model=lung_model if mode != "none" else None, backend=backend,
+                                 precision=precision))
 
     trained = load_bundle(".", config, ckpt_path, device=None, lung_mode="none")
     parser = trained.config
@@ -169,10 +179,13 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
     if agreement_images:
         every = [item["image"] for item in inference_items(agreement_images)]
         for mode in parse_list(agreement_lung_modes, str):
-            overrides = {**common, "lung_mode": mode}
+            overrides = {**common, "lung_mode": mode, "lung_model_path": lung_paths[0]}
             reference = predictions(config, every, {**overrides, **backend_overrides("torch", "float32")})
-            agreements += [agreement(reference, predictions(config, every, {**overrides, **backend_overrides(b, p)}),
-                                     b, p, mode) for b, p in combos if (b, p) != ("torch", "float32")]
+            for lung_model in lung_paths if mode != "none" else lung_paths[:1]:
+                agreements += [agreement(reference, predictions(config, every, {**overrides, "lung_model_path": lung_model,
+                                                                                **backend_overrides(b, p)}),
+                                         b, p, mode, lung_model if mode != "none" else None)
+                               for b, p in combos if (b, p, lung_model) != ("torch", "float32", lung_paths[0])]
     workers = parser.get_parsed_content("num_workers") if num_workers is None else num_workers
     result = {**run_record(device, packages=("monai", "openvino")), "images": len(files), "input_shape": list(batch.shape[1:]),
               "batch_size": parser["batch_size"], "num_workers": workers, "repeats": repeats,

@@ -24,6 +24,7 @@ SHARED = ROOT.parent / "shared" / "data"
 LUNG_MASKS = SHARED / "lung_masks"
 PEDIATRIC = SHARED / "pediatric_cxr"
 MODEL = ROOT / "models" / "lung_unet.pt"
+FAST_MODEL = ROOT / "models" / "lung_unet_64.pt"  # the same UNet trained on a 64 x 64 px grid
 
 pytestmark = [pytest.mark.skipif(not LUNG_MASKS.is_dir(), reason=f"shared data not found at {SHARED}"),
               pytest.mark.usefixtures("single_thread")]
@@ -49,10 +50,14 @@ def test_split_is_seeded_disjoint_and_keeps_figure_panels_together():
     assert len(panels) == 3 and len(set(panels)) == 1, "sub-panels a/b/d of one figure must share a group"
 
 
-def test_shipped_unet_is_small_and_segments_held_out_pairs():
-    assert MODEL.stat().st_size < 10 * 2**20
-    net = load_lung_unet(str(MODEL), "cpu")
-    assert load_lung_unet(str(MODEL), "cpu") is net, "the UNet must be loaded once and cached"
+@pytest.mark.parametrize("model, grid", [(MODEL, (128, 128)), (FAST_MODEL, (64, 64))], ids=["128px", "64px"])
+def test_shipped_unet_is_small_and_segments_held_out_pairs(model, grid):
+    """Both shipped UNets, each run on the grid its checkpoint records (the 128 px file predates the record), segment
+    the held-out pairs at their original resolution."""
+    assert model.stat().st_size < 10 * 2**20
+    net = load_lung_unet(str(model), "cpu")
+    assert load_lung_unet(str(model), "cpu") is net, "the UNet must be loaded once and cached"
+    assert net.input_size == grid
     loader, scale = LoadCXR(), ScaleIntensity(minv=0.0, maxv=1.0)
     scores = []
     for pair in split_lung_pairs(LUNG_MASKS, num_holdout=15, seed=0)["validation"]:
@@ -178,11 +183,15 @@ def test_lung_seg_retraining_leaves_the_shipped_unet_and_evaluation_scores_it(tm
     (bundle / "models").mkdir(parents=True)
     shipped = bundle / "models" / "lung_unet.pt"
     shutil.copy(MODEL, shipped)
-    parser = lung_seg_parser(bundle, max_epochs=1)
+    parser = lung_seg_parser(bundle, max_epochs=1, network_size=[64, 64])
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("training")
     retrained = bundle / "runs" / "lung_seg" / "lung_unet.pt"
     assert retrained.is_file() and shipped.read_bytes() == MODEL.read_bytes()
+    checkpoint = torch.load(retrained, weights_only=True)
+    assert checkpoint["model"]["grid"].tolist() == [64, 64]  # the grid it was trained on travels with the weights
+    assert checkpoint["provenance"]["seed"] == 0 and checkpoint["provenance"]["datalist_sizes"]["validation"] >= 15
+    assert load_lung_unet(str(retrained)).input_size == (64, 64)
     assert json.loads((bundle / "runs" / "lung_seg" / "holdout_metrics.json").read_text())["model"] == str(retrained)
     assert lung_seg_parser(bundle, ckpt_dir=str(bundle / "models")).get_parsed_content("ckpt_path") == str(shipped)
 
@@ -191,6 +200,14 @@ def test_lung_seg_retraining_leaves_the_shipped_unet_and_evaluation_scores_it(tm
     parser.get_parsed_content("evaluating")
     metrics = json.loads((tmp_path / "eval" / "holdout_metrics.json").read_text())
     assert metrics["model"] == str(shipped) and metrics["val_mean_dice"] > 0.9  # the shipped UNet, not the 1-epoch one
+
+    # the 64 px UNet is scored on the same 128 px grid, as docs/results records it
+    parser = lung_seg_parser(bundle, output_dir=str(tmp_path / "eval64"), lung_model_path=str(FAST_MODEL))
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("evaluating")
+    metrics = json.loads((tmp_path / "eval64" / "holdout_metrics.json").read_text())
+    recorded = json.loads((ROOT / "docs" / "results" / "lung_seg_holdout_64" / "holdout_metrics.json").read_text())
+    assert metrics["val_mean_dice"] == pytest.approx(recorded["val_mean_dice"], abs=1e-4) and metrics["val_mean_dice"] >= 0.93
 
 
 def run_script(*args: str) -> None:
@@ -281,6 +298,10 @@ def test_openvino_unet_gives_the_pytorch_masks_on_real_images():
     fast = LungPreprocessd("image", MODEL, mode="crop", backend="openvino").apply(images, names)
     assert (fast[1] != reference[1]).float().mean() < 1e-3 and fast[2] == reference[2]
     torch.testing.assert_close(fast[0], reference[0], rtol=0, atol=1e-6)
+    small = LungPreprocessd("image", FAST_MODEL, mode="crop")
+    small_fast = LungPreprocessd("image", FAST_MODEL, mode="crop", backend="openvino")
+    assert small_fast.unet().input_size == (64, 64)  # compiled for the grid its checkpoint records
+    assert (small_fast.apply(images, names)[1] != small.apply(images, names)[1]).float().mean() < 1e-3
     if native_bf16("cpu"):
         _, masks, _ = LungPreprocessd("image", MODEL, mode="crop", backend="openvino-bf16").apply(images, names)
         assert compute_dice(masks.float(), reference[1].float()).min() >= 0.98
