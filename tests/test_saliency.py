@@ -22,7 +22,7 @@ from custom.data.datalists import build_covid_radiography, kermany_items, write_
 from custom.data.transforms import LoadCXR
 from custom.evaluation import SaliencyHandler
 from custom.evaluation.saliency import Saliency, default_target_layer
-from custom.evaluation.tsne import cached_embeddings, domain_separability, tsne_2d
+from custom.evaluation.tsne import cached_embeddings, domain_separability, plot_tsne, tsne_2d
 from custom.medsam.embedding_cache import EmbeddingCache
 from custom.medsam.encoders import build_encoder, encoder_preprocess
 from custom.medsam.heads import MedSAMClassifier
@@ -209,6 +209,21 @@ def test_tsne_script_on_two_domains(tmp_path):
     assert coords.shape == (12, 2) and np.isfinite(coords).all()
     with pytest.raises(ValueError, match="at least 5"):
         tsne_2d(np.zeros((3, 8)))
+
+
+def test_tsne_panel_titles_wrap_instead_of_overlapping(tmp_path, monkeypatch):
+    import custom.evaluation.tsne as tsne
+
+    figures = []
+    monkeypatch.setattr(tsne, "save_figure", lambda fig, path: figures.append(fig))
+    label = "t-SNE, the joint model fine-tuned on all adult training labels with a pediatric replay, features"
+    plot_tsne(np.random.default_rng(0).normal(size=(10, 2)), ["a", "b"] * 5, ["x"] * 5 + ["y"] * 5,
+              tmp_path / "t.png", title=label)
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    left, right = (ax.title.get_window_extent(renderer) for ax in fig.axes)
+    assert left.x1 < right.x0, "the two panel titles overlap"
+    assert "\n" in fig.axes[0].get_title()
 
 
 def test_domain_separability_tells_separable_from_mixed_domains():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
@@ -107,7 +108,7 @@ def plot_tsne(coords: np.ndarray, classes: Sequence[str], domains: Sequence[str]
         for value in sorted(set(labels)):
             chosen = labels == value
             ax.scatter(coords[chosen, 0], coords[chosen, 1], s=12, alpha=0.75, label=f"{value} ({chosen.sum()})")
-        ax.set_title(f"{title}: by {name}")
+        ax.set_title(textwrap.fill(f"{title}: by {name}", width=60), fontsize=10)  # long titles wrap, never overlap
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(fontsize=8, markerscale=1.5)
