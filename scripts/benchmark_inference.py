@@ -26,7 +26,8 @@ one JSON line: date, command, device, versions and the rows; `--results_file` al
 
     OMP_NUM_THREADS=2 python scripts/benchmark_inference.py --images ../shared/data/pediatric_cxr/test --limit 256 \
         --lung_modes crop,mask,none --lung_models models/lung_unet.pt,models/lung_unet_64.pt \
-        --backends torch,openvino --precisions float32,bfloat16,int8 --agreement_images ../shared/data/pediatric_cxr/train --results_file docs/results/inference_cpu.json
+        --backends torch,openvino --precisions float32,bfloat16,int8 \
+        --agreement_images ../shared/data/pediatric_cxr/train --results_file docs/results/inference_cpu.json
 """
 
 import contextlib
@@ -103,11 +104,12 @@ def backend_overrides(backend: str, precision: str) -> dict:
     return {"backend": backend, "precision": precision, "lung_backend": lung}
 
 
-def agreement(reference: dict, other: dict, backend: str, precision: str, lung_mode: str, lung_model: str) -> dict:
+def agreement(reference: dict, other: dict, backend: str, precision: str, lung_mode: str, lung_model: str,
+              positive_folders: list[str]) -> dict:
     """`other` predictions (`backend` in `precision`, lung UNet `lung_model`) against PyTorch float32 `reference` ones
     (with the reference lung UNet): max and mean
     |delta P(positive)|, decisions flipped at the threshold, and the ROC-AUC of both against the images' class
-    folders (`positive`: the positive class's folder name)."""
+    folders (an image is positive when its folder is one of `positive_folders`)."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
@@ -116,7 +118,7 @@ def agreement(reference: dict, other: dict, backend: str, precision: str, lung_m
     names = sorted(reference["scores"])
     a, b = (np.array([run["scores"][n] for n in names]) for run in (reference, other))
     t = reference["threshold"]
-    truth = [Path(n).parent.name == reference["positive"] for n in names]
+    truth = [Path(n).parent.name in positive_folders for n in names]
     return {"backend": backend, "precision": precision, "lung_mode": lung_mode, "lung_model": lung_model,
             "images": len(names), "threshold": t,
             "max_abs_diff": round(float(np.abs(a - b).max()), 6), "mean_abs_diff": round(float(np.abs(a - b).mean()), 6),
@@ -128,11 +130,12 @@ def agreement(reference: dict, other: dict, backend: str, precision: str, lung_m
 def main(images: str = "data/sample/test", config: str = "configs/inference.json", ckpt_path: str = "models/model.pt",
          lung_modes="crop,mask,none", lung_models="models/lung_unet.pt", paths="per-item,tracked,batched",
          batch_sizes="1,32", backends="torch", precisions="float32", limit: int = 256, repeats: int = 3,
-         agreement_images: str | None = None, agreement_lung_modes="none", num_workers: int | None = None,
-         results_file: str | None = None) -> None:
+         agreement_images: str | None = None, agreement_lung_modes="none", positive_folders=None,
+         num_workers: int | None = None, results_file: str | None = None) -> None:
     """Times the first `limit` files of `images`; lung_modes: the config's `lung_mode` values to run end to end;
     lung_models: the lung UNets (the config's `lung_model_path`) of the crop and mask rows, the first also the
-    agreement reference; paths: the end-to-end paths to time (module docstring); batch_sizes: of the classifier-only forward rows; backends, precisions: the config's `backend` ("torch",
+    agreement reference; paths: the end-to-end paths to time (module docstring); batch_sizes: of the classifier-only
+    forward rows; backends, precisions: the config's `backend` ("torch",
     "openvino") and `precision` values of the batched and forward rows; agreement_images: folder whose every image
     compares each other backend / precision with PyTorch float32, once per agreement_lung_modes value;
     num_workers: DataLoader workers (None: the config's); results_file: JSON path written atomically with what is
@@ -156,8 +159,9 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
                       *(("batched", b, p, {}) for b, p in combos)]
         for lung_model in lung_paths if mode != "none" else lung_paths[:1]:
             for path, backend, precision, overrides in (c for c in candidates if c[0] in timed):
-                seconds = end_to_end_seconds(config, files, {**common, "lung_mode": mode, "lung_model_path": lung_model,
-                                                             **backend_overrides(backend, precision), **overrides}, repeats)
+                settings = {**common, "lung_mode": mode, "lung_model_path": lung_model,
+                            **backend_overrides(backend, precision), **overrides}
+                seconds = end_to_end_seconds(config, files, settings, repeats)
                 rows.append(_row("end-to-end", len(files), seconds, path=path, lung_mode=mode,
                                  lung_model=lung_model if mode != "none" else None, backend=backend,
                                  precision=precision))
@@ -181,11 +185,15 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
         for mode in parse_list(agreement_lung_modes, str):
             overrides = {**common, "lung_mode": mode, "lung_model_path": lung_paths[0]}
             reference = predictions(config, every, {**overrides, **backend_overrides("torch", "float32")})
+            positive = parse_list(positive_folders, str) if positive_folders else [reference["positive"]]
             for lung_model in lung_paths if mode != "none" else lung_paths[:1]:
-                agreements += [agreement(reference, predictions(config, every, {**overrides, "lung_model_path": lung_model,
-                                                                                **backend_overrides(b, p)}),
-                                         b, p, mode, lung_model if mode != "none" else None)
-                               for b, p in combos if (b, p, lung_model) != ("torch", "float32", lung_paths[0])]
+                for b, p in combos:
+                    if (b, p, lung_model) == ("torch", "float32", lung_paths[0]):
+                        continue  # the reference itself
+                    other = predictions(config, every, {**overrides, "lung_model_path": lung_model,
+                                                        **backend_overrides(b, p)})
+                    agreements.append(agreement(reference, other, b, p, mode,
+                                                lung_model if mode != "none" else None, positive))
     workers = parser.get_parsed_content("num_workers") if num_workers is None else num_workers
     result = {**run_record(device, packages=("monai", "openvino")), "images": len(files), "input_shape": list(batch.shape[1:]),
               "batch_size": parser["batch_size"], "num_workers": workers, "repeats": repeats,

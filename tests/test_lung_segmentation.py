@@ -207,7 +207,8 @@ def test_lung_seg_retraining_leaves_the_shipped_unet_and_evaluation_scores_it(tm
     parser.get_parsed_content("evaluating")
     metrics = json.loads((tmp_path / "eval64" / "holdout_metrics.json").read_text())
     recorded = json.loads((ROOT / "docs" / "results" / "lung_seg_holdout_64" / "holdout_metrics.json").read_text())
-    assert metrics["val_mean_dice"] == pytest.approx(recorded["val_mean_dice"], abs=1e-4) and metrics["val_mean_dice"] >= 0.93
+    assert metrics["val_mean_dice"] == pytest.approx(recorded["val_mean_dice"], abs=1e-4)
+    assert metrics["val_mean_dice"] >= 0.93  # the Dice target
 
 
 def run_script(*args: str) -> None:
