@@ -91,6 +91,12 @@ def predictions(config: str, files: list[str], overrides: dict) -> dict[str, flo
     return {"scores": dict(zip(table["file"], table[f"prob_{positive}"])), "threshold": threshold, "positive": positive}
 
 
+def lung_variants(mode: str, lung_paths: list[str]) -> list[tuple[str, str | None]]:
+    """(the config's `lung_model_path`, the `lung_model` a row records) for each lung UNet that `mode` runs: every one
+    of `lung_paths` for crop and mask; for `none`, which runs no UNet, one entry recorded as None."""
+    return [(path, path) for path in lung_paths] if mode != "none" else [(lung_paths[0], None)]
+
+
 def backend_overrides(backend: str, precision: str) -> dict:
     """Config overrides that run the classifier and the lung UNet by `backend` ("torch" or "openvino") in
     `precision` (the UNet follows the classifier: OpenVINO bf16 where `precision` resolves to bfloat16, or is int8
@@ -157,14 +163,13 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
     for mode in parse_list(lung_modes, str):
         candidates = [("per-item", "torch", "float32", PER_ITEM), *(("tracked", b, p, TRACKED) for b, p in combos),
                       *(("batched", b, p, {}) for b, p in combos)]
-        for lung_model in lung_paths if mode != "none" else lung_paths[:1]:
+        for lung_model, recorded in lung_variants(mode, lung_paths):
             for path, backend, precision, overrides in (c for c in candidates if c[0] in timed):
                 settings = {**common, "lung_mode": mode, "lung_model_path": lung_model,
                             **backend_overrides(backend, precision), **overrides}
                 seconds = end_to_end_seconds(config, files, settings, repeats)
-                rows.append(_row("end-to-end", len(files), seconds, path=path, lung_mode=mode,
-                                 lung_model=lung_model if mode != "none" else None, backend=backend,
-                                 precision=precision))
+                rows.append(_row("end-to-end", len(files), seconds, path=path, lung_mode=mode, lung_model=recorded,
+                                 backend=backend, precision=precision))
 
     trained = load_bundle(".", config, ckpt_path, device=None, lung_mode="none")
     parser = trained.config
@@ -186,14 +191,13 @@ def main(images: str = "data/sample/test", config: str = "configs/inference.json
             overrides = {**common, "lung_mode": mode, "lung_model_path": lung_paths[0]}
             reference = predictions(config, every, {**overrides, **backend_overrides("torch", "float32")})
             positive = parse_list(positive_folders, str) if positive_folders else [reference["positive"]]
-            for lung_model in lung_paths if mode != "none" else lung_paths[:1]:
+            for lung_model, recorded in lung_variants(mode, lung_paths):
                 for b, p in combos:
                     if (b, p, lung_model) == ("torch", "float32", lung_paths[0]):
                         continue  # the reference itself
                     other = predictions(config, every, {**overrides, "lung_model_path": lung_model,
                                                         **backend_overrides(b, p)})
-                    agreements.append(agreement(reference, other, b, p, mode,
-                                                lung_model if mode != "none" else None, positive))
+                    agreements.append(agreement(reference, other, b, p, mode, recorded, positive))
     workers = parser.get_parsed_content("num_workers") if num_workers is None else num_workers
     result = {**run_record(device, packages=("monai", "openvino")), "images": len(files), "input_shape": list(batch.shape[1:]),
               "batch_size": parser["batch_size"], "num_workers": workers, "repeats": repeats,

@@ -1,9 +1,10 @@
 """Lung segmentation of chest radiographs: paired datalist, the UNet, inference with postprocessing, overlay plots.
 
-Images are (1, W, H) tensors in [0, 1] in MONAI's PIL axis convention (see `custom.data.transforms`); masks are (1, W, H)
-bool tensors, True = lung. The network sees the image resized to its own grid (`LungUNet.input_size`, aspect ratio
-not kept): `SEG_SIZE` (128 x 128 px, chosen so that training fits in ~15 min on 2 CPU cores) for the shipped
-`models/lung_unet.pt`, 64 x 64 px for the faster `models/lung_unet_64.pt`; its probabilities are resized back.
+Images are (1, W, H) tensors in [0, 1] in MONAI's PIL axis convention (see `custom.data.transforms`); masks are
+(1, W, H) bool tensors, True = lung. The network sees the image resized to its own grid (`LungUNet.input_size`,
+aspect ratio not kept): `SEG_SIZE` (128 x 128 px, chosen so that training fits in ~15 min on 2 CPU cores) for the
+shipped `models/lung_unet.pt`, 64 x 64 px for the faster `models/lung_unet_64.pt`; its probabilities are resized
+back.
 """
 
 from __future__ import annotations
