@@ -1,8 +1,9 @@
 """CPU images/s of the exported paths side by side, printed as a Markdown table (and one JSON line, also written to
 `--results_file` with date, command, device and versions):
 the shipped CNN (eager, TorchScript, ONNX Runtime fp32) and the LiteMedSAM encoder (eager fp32, eager bf16 autocast,
-ONNX Runtime fp32 with one or two concurrent sessions, ONNX Runtime int8 dynamic quantisation, OpenVINO fp32 and,
-where the CPU has native bf16, OpenVINO bf16, each with one or two streams), on real preprocessed images, with the
+ONNX Runtime fp32 with one or two concurrent sessions, ONNX Runtime int8 dynamic quantisation, OpenVINO fp32,
+where the CPU has native bf16 OpenVINO bf16, and OpenVINO static int8 matrix products (NNCF, calibrated on
+`--calibration_dir`), each with one or two streams), on real preprocessed images, with the
 agreement with eager (max abs difference of CNN probabilities; min cosine of encoder embeddings over all timed
 images). Every path runs one image per call except the two-stream ones, which get all encoder images in one call.
 
@@ -38,7 +39,7 @@ def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path, repeats:
                  lambda ref, out: (ref.softmax(1) - out.softmax(1)).abs().max(), repeats)
 
 
-def _encoder(images: list[str], workdir: Path, repeats: int) -> list[dict]:
+def _encoder(images: list[str], workdir: Path, repeats: int, calibration_dir: str) -> list[dict]:
     from custom.data.transforms import LoadCXR
     from custom.medsam.encoders import (
         AutocastEncoder,
@@ -63,6 +64,11 @@ def _encoder(images: list[str], workdir: Path, repeats: int) -> list[dict]:
         paths["OpenVINO bf16 (approximate)"] = OpenVinoEncoder(eager, workdir / "lite.onnx", bf16=True)
         paths["OpenVINO bf16, 2 streams (approximate)"] = OpenVinoEncoder(eager, workdir / "lite.onnx", bf16=True,
                                                                           streams=2)
+    rest = "bf16" if openvino_supports_bf16() else "fp32"
+    for streams in (1, 2):
+        name = f"OpenVINO int8 matrix products + {rest}{', 2 streams' if streams == 2 else ''} (approximate)"
+        paths[name] = OpenVinoEncoder(eager, workdir / "lite.onnx", bf16=True, streams=streams,
+                                      calibration_dir=calibration_dir)
     concurrent = [name for name in paths if "2 streams" in name]
     return _rows("LiteMedSAM encoder", paths, x, "min cosine",
                  lambda ref, out: F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min(), repeats,
@@ -92,9 +98,10 @@ def _agreement(row: dict, first: bool) -> str:
 
 def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16, encoder_images: int = 8,
          config: str = "configs/inference.json", ckpt_path: str = "models/model.pt", repeats: int = 2,
-         results_file: str | None = None) -> None:
+         results_file: str | None = None, calibration_dir: str = "data/sample/train") -> None:
     """Times `cnn_images` / `encoder_images` real images (sorted, alternating classes) from `images`, best of
-    `repeats` passes; `encoder_images 0` skips the encoder. results_file: JSON path written atomically."""
+    `repeats` passes; `encoder_images 0` skips the encoder. calibration_dir: images the int8 encoder is calibrated on
+    (the configs' default). results_file: JSON path written atomically."""
     from custom.data import inference_items
     from custom.io import write_json
 
@@ -105,7 +112,7 @@ def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16
     with tempfile.TemporaryDirectory() as tmp:
         rows = _cnn(mixed[:cnn_images], config, ckpt_path, Path(tmp), repeats)
         if encoder_images > 0:
-            rows += _encoder(mixed[:encoder_images], Path(tmp), repeats)
+            rows += _encoder(mixed[:encoder_images], Path(tmp), repeats, calibration_dir)
     record = run_record("cpu", packages=("onnxruntime", "openvino"))
     cpu = record["device"]
     print(f"{cpu['cpu']}, {cpu['torch_threads']} threads, {record['date']}, `{record['command']}`\n")
@@ -115,6 +122,7 @@ def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16
         print(f"| {r['model']} | {r['path']} | {r['batch']} | {r['images_per_s']} | {_agreement(r, first)} |")
     result = {**record, "images": images, "cnn_images": len(mixed[:cnn_images]),
               "encoder_images": len(mixed[:encoder_images]) if encoder_images > 0 else 0, "repeats": repeats,
+              "calibration_dir": calibration_dir,
               "rows": rows}
     print(json.dumps(result))
     if results_file:

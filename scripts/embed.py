@@ -5,6 +5,7 @@ Example (from the repo root):
     python scripts/embed.py --datalist datalists/kermany.json --cache_dir runs/embeddings --variant lite
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino --streams 2   # faster on CPU, same entries
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino-bf16 --streams 2 --map_size 16
+    python scripts/embed.py --datalist datalists/kermany.json --backend openvino-int8 --streams 2   # fastest on CPU
     python scripts/embed.py --datalist datalists/kermany.json --variant vit_b --checkpoint medsam_vit_b.pth \
         --device cuda --splits training,validation
 """
@@ -31,15 +32,18 @@ from custom.medsam.heads import POOLED_MAP_SIZE  # noqa: E402
 def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite", checkpoint: str | None = None,
          device: str | None = None, splits="training,validation,test", base_dir: str | None = None,
          keep_aspect: bool | None = None, batch_size: int = 8, progress: bool = True, backend: str = "torch",
-         streams: int = 1, map_size: int = POOLED_MAP_SIZE, bad_files: str | None = None) -> None:
+         streams: int = 1, map_size: int = POOLED_MAP_SIZE, bad_files: str | None = None,
+         calibration_dir: str = str(Path(REPO_ROOT) / "data" / "sample" / "train")) -> None:
     """Fill `cache_dir` for the items of `splits` (comma-separated) of the datalist JSON `datalist`.
 
     variant: "lite" (packaged LiteMedSAM) or "vit_b" (needs --checkpoint medsam_vit_b.pth). device: default cuda
     when available. keep_aspect: default the encoder's MedSAM pipeline (lite: pad, vit_b: plain resize).
     backend: "torch", "onnxruntime" / "openvino" (CPU, exact: share cache entries with torch), "openvino-bf16" (CPU,
-    approximate, the fastest where the CPU has bf16) or "onnxruntime-int8" (approximate); approximate backends get
-    their own cache entries; see custom.medsam.encoders.build_encoder. streams: concurrent ONNX Runtime sessions /
-    OpenVINO requests sharing the threads (2 on a 2-core CPU is faster than 1, same embeddings).
+    approximate where the CPU has bf16), "openvino-int8" (CPU, int8 matrix products calibrated on images below
+    `calibration_dir`, default the bundle's sample: approximate, the fastest) or "onnxruntime-int8" (approximate);
+    approximate backends get their own cache entries; see custom.medsam.encoders.build_encoder. streams: concurrent
+    ONNX Runtime sessions / OpenVINO requests sharing the threads (2 on a 2-core CPU is faster than 1, same
+    embeddings).
     map_size: side of the stored average-pooled map, (256, map_size, map_size) float16 per image (8: 32 KiB, 16:
     128 KiB); part of the cache key.
     bad_files: CSV of the images that failed (default `<cache_dir>/bad_files.csv`); RuntimeError if no image could be
@@ -50,7 +54,7 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
     data = load_datalist(datalist, base_dir=base_dir)
-    encoder = build_encoder(variant, checkpoint, backend, streams=streams)
+    encoder = build_encoder(variant, checkpoint, backend, streams=streams, calibration_dir=calibration_dir)
     keep_aspect = encoder.keep_aspect if keep_aspect is None else keep_aspect
     cache = EmbeddingCache(cache_dir, encoder, encoder.variant, Preprocessing(encoder.input_size, keep_aspect, map_size))
     device = device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")

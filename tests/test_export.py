@@ -1,8 +1,9 @@
 """ONNX / TorchScript export and the ONNX Runtime paths, on real Kermany test images: the shipped CNN (ORT and
 TorchScript vs eager probabilities, the inference config with the ORT backend end to end) and the LiteMedSAM
-encoder (ORT fp32 exact vs eager, int8 kept apart in the embedding cache)."""
+encoder (ORT fp32 exact vs eager; OpenVINO bf16 and int8, approximate, kept apart in the embedding cache)."""
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -174,6 +175,42 @@ def test_openvino_bf16_is_approximate_with_its_own_cache_keys_or_falls_back(lite
     else:
         assert bf16.variant == "lite" and bf16.net.precision == "f32" and "no native bfloat16" in caplog.text
         assert cosine.min().item() >= 0.999
+
+
+def test_openvino_int8_litemedsam_is_close_keyed_by_its_calibration_and_built_once(lite_inputs, tmp_path, caplog):
+    """Static int8 matrix products calibrated on 6 real training images (an unreadable file in the folder is skipped
+    with a warning): close to eager, cache entries apart from eager's and from another calibration's, and the
+    quantised model is built once and then reused."""
+    eager, x = lite_inputs
+    train = SHARED / "pediatric_cxr" / "train"
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for path in sorted((train / "NORMAL").iterdir())[:3] + sorted((train / "PNEUMONIA").iterdir())[:3]:
+        shutil.copy(path, calibration / path.name)
+    (calibration / "broken.jpeg").write_bytes(b"not a radiograph")
+    onnx = tmp_path / "lite.onnx"
+    int8 = build_encoder("lite", backend="openvino-int8", onnx_path=onnx, calibration_dir=calibration)
+    assert "broken.jpeg" in caplog.text and "skipped" in caplog.text
+    assert re.fullmatch(r"lite\+ov-int8(-bf16)?-[0-9a-f]{12}", int8.variant)
+    assert int8.weights_sha256 == eager.weights_sha256
+    built = sorted(tmp_path.glob("lite-ov-int8-*.xml"))
+    assert len(built) == 1 and built[0].with_suffix(".bin").is_file()
+    with torch.inference_mode():
+        cosine = F.cosine_similarity(eager(x).flatten(1), int8(x).flatten(1))
+    assert 0.97 < cosine.min().item() and cosine.max().item() < 1.0 - 1e-6  # close, not exact
+    assert EmbeddingCache(tmp_path, int8).key(IMAGES[1]) != EmbeddingCache(tmp_path, eager).key(IMAGES[1])
+
+    modified = built[0].stat().st_mtime_ns
+    again = build_encoder("lite", backend="openvino-int8", onnx_path=onnx, calibration_dir=calibration)
+    assert again.variant == int8.variant and built[0].stat().st_mtime_ns == modified  # reused, not recalibrated
+
+    next(calibration.glob("IM-*")).unlink()
+    other = build_encoder("lite", backend="openvino-int8", onnx_path=onnx, calibration_dir=calibration)
+    assert other.variant != int8.variant and len(list(tmp_path.glob("lite-ov-int8-*.xml"))) == 2
+    with pytest.raises(ValueError, match="needs calibration_dir"):
+        build_encoder("lite", backend="openvino-int8")
+    with pytest.raises(FileNotFoundError, match="calibration folder not found"):
+        build_encoder("lite", backend="openvino-int8", onnx_path=onnx, calibration_dir=tmp_path / "missing")
 
 
 def test_int8_litemedsam_is_approximate_with_its_own_cache_keys(lite_inputs, tmp_path):

@@ -148,7 +148,8 @@ class MedSAMViTBEncoder(_MedSAMImageEncoder):
 
 
 ENCODERS = {"lite": LiteMedSAMEncoder, "vit_b": MedSAMViTBEncoder}
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-bf16")
+BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8",
+            "openvino", "openvino-bf16", "openvino-int8")
 
 
 class AutocastEncoder(_MedSAMImageEncoder):
@@ -221,6 +222,25 @@ class OnnxEncoder(_MedSAMImageEncoder):
         self.eval()
 
 
+INT8_CALIBRATION_IMAGES = 64
+INT8_FLOAT_TYPES = ("Convolution", "GroupConvolution")  # LiteMedSAM's full-resolution convolutions lose most in int8
+
+
+def calibration_files(folder: str | os.PathLike, count: int = INT8_CALIBRATION_IMAGES) -> list[Path]:
+    """`count` image files evenly spaced over the sorted image files below `folder` (all when fewer): an int8
+    calibration set fixed by the folder's contents."""
+    from custom.data.transforms import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: int8 calibration folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no calibration images (suffixes {' '.join(IMAGE_SUFFIXES)})")
+    step = max(1, len(files) / count)
+    return [files[int(i * step)] for i in range(min(count, len(files)))]
+
+
 class OpenVinoEncoder(_MedSAMImageEncoder):
     """A MedSAM encoder compiled by OpenVINO for the CPU from the ONNX export `OnnxEncoder` uses (same file, same
     input, output, preprocessing and weights fingerprint): (B, 3, S, S) in [0, 1] -> (B, 256, 64, 64).
@@ -229,31 +249,77 @@ class OpenVinoEncoder(_MedSAMImageEncoder):
     OpenVINO's bfloat16 inference precision where the CPU has it natively (AVX-512 BF16 / AMX): approximate, variant
     ``"<variant>+ov-bf16"`` (own cache entries); on other CPUs it falls back to float32, with a warning, and keeps the
     eager variant, so a cache never mixes the two. ``streams`` requests run concurrently (2 on a 2-core CPU is faster,
-    same outputs). Speeds and agreement: docs/benchmarks.md, "Export paths on the CPU".
+    same outputs).
+
+    ``calibration_dir`` (approximate, the fastest CPU path) adds static int8 matrix products: NNCF quantises every
+    operator but the convolutions (`INT8_FLOAT_TYPES`), calibrated on `calibration_files(calibration_dir)`; the rest
+    runs in bf16 or float32 as above. The quantised model is kept beside the ONNX export under a name keyed by the
+    calibration images' sha256 and the NNCF / OpenVINO versions, and the variant is
+    ``"<variant>+ov-int8[-bf16]-<key[:12]>"``, so other calibrations never share cache entries. Unreadable
+    calibration images are skipped with a warning. Speeds and agreement: docs/benchmarks.md, "Export paths on the CPU".
     """
 
     def __init__(self, encoder: _MedSAMImageEncoder, onnx_path: str | os.PathLike | None = None, bf16: bool = False,
-                 threads: int | None = None, streams: int = 1):
+                 threads: int | None = None, streams: int = 1, calibration_dir: str | os.PathLike | None = None):
         super().__init__()
         from custom.models.export import OpenVinoModule, openvino_supports_bf16
 
         if bf16 and not openvino_supports_bf16():
             logger.warning("OpenVINO: no native bfloat16 on this CPU; the encoder runs in float32")
             bf16 = False
-        self._run_as(encoder, f"{encoder.variant}+ov-bf16" if bf16 else encoder.variant)
-        self.net = OpenVinoModule(exported_onnx(encoder, onnx_path), "bf16" if bf16 else "f32", threads, streams)
+        model = exported_onnx(encoder, onnx_path)
+        variant = f"{encoder.variant}+ov-bf16" if bf16 else encoder.variant
+        if calibration_dir is not None:
+            model, key = self._int8_model(encoder, model, calibration_dir)
+            variant = f"{encoder.variant}+ov-int8{'-bf16' if bf16 else ''}-{key[:12]}"
+        self._run_as(encoder, variant)
+        self.net = OpenVinoModule(model, "bf16" if bf16 else "f32", threads, streams)
         self.eval()
+
+    @staticmethod
+    def _int8_model(encoder: _MedSAMImageEncoder, onnx_model: Path, calibration_dir: str | os.PathLike):
+        """(path of the int8 IR of `onnx_model`, built on first use; its calibration key, hex sha256)."""
+        import hashlib
+        import json
+
+        import nncf
+        import openvino as ov
+
+        from custom.data.transforms import LoadCXR, UnreadableImageError
+        from custom.models.quantization import quantize_openvino_int8
+
+        load, batches, digests = LoadCXR(), [], []
+        for path in calibration_files(calibration_dir):
+            try:
+                image = load(path)
+            except UnreadableImageError as e:
+                logger.warning("int8 calibration: skipped %s", e)
+                continue
+            batches.append(encoder_preprocess(image, encoder.input_size, encoder.keep_aspect)[None].numpy())
+            digests.append(file_sha256(path))
+        if not batches:
+            raise ValueError(f"{calibration_dir}: no readable int8 calibration image")
+        key = hashlib.sha256(json.dumps({"images": sorted(digests), "float_types": INT8_FLOAT_TYPES,
+                                         "nncf": nncf.__version__, "openvino": ov.get_version()}).encode()).hexdigest()
+        path = onnx_model.with_name(f"{onnx_model.stem}-ov-int8-{key[:16]}.xml")
+        if not path.is_file():
+            logger.info("OpenVINO int8: calibrating %s on %d images from %s", onnx_model.name, len(batches),
+                        calibration_dir)
+            quantize_openvino_int8(onnx_model, batches, path, INT8_FLOAT_TYPES)
+        return path, key
 
 
 def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = None, backend: str = "torch",
-                  onnx_path: str | os.PathLike | None = None, streams: int = 1) -> nn.Module:
+                  onnx_path: str | os.PathLike | None = None, streams: int = 1,
+                  calibration_dir: str | os.PathLike | None = None) -> nn.Module:
     """Encoder in eval mode: ``"lite"`` (packaged LiteMedSAM, or `checkpoint`) or ``"vit_b"`` (needs `checkpoint`).
 
     backend: ``"torch"`` (eager fp32), ``"torch-bf16"`` (eager under bf16 autocast, approximate: `AutocastEncoder`),
-    ``"onnxruntime"`` (exact, faster on CPU), ``"onnxruntime-int8"`` (approximate), ``"openvino"`` (exact) or
-    ``"openvino-bf16"`` (approximate where the CPU has bf16, the fastest CPU path; else exact float32); approximate
-    backends get their own cache entries. See `OnnxEncoder` and `OpenVinoEncoder` (`onnx_path`: the exported file;
-    `streams`: concurrent sessions / requests).
+    ``"onnxruntime"`` (exact, faster on CPU), ``"onnxruntime-int8"`` (approximate), ``"openvino"`` (exact),
+    ``"openvino-bf16"`` (approximate where the CPU has bf16; else exact float32) or ``"openvino-int8"`` (int8 matrix
+    products calibrated on images below `calibration_dir`, the rest as ``"openvino-bf16"``: approximate, the fastest
+    CPU path); approximate backends get their own cache entries. See `OnnxEncoder` and `OpenVinoEncoder`
+    (`onnx_path`: the exported file; `streams`: concurrent sessions / requests).
     """
     if variant not in ENCODERS:
         raise ValueError(f"unknown encoder variant {variant!r}; choose one of {sorted(ENCODERS)}")
@@ -261,13 +327,17 @@ def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = 
         raise ValueError(f"unknown encoder backend {backend!r}; choose one of {list(BACKENDS)}")
     if streams != 1 and not backend.startswith(("onnxruntime", "openvino")):
         raise ValueError(f"streams={streams} needs an onnxruntime or openvino backend, got {backend!r}")
+    if backend == "openvino-int8" and calibration_dir is None:
+        raise ValueError("encoder backend 'openvino-int8' needs calibration_dir (a folder of chest radiographs)")
     encoder = ENCODERS[variant](checkpoint)
     if backend == "torch":
         return encoder
     if backend == "torch-bf16":
         return AutocastEncoder(encoder)
     if backend.startswith("openvino"):
-        return OpenVinoEncoder(encoder, onnx_path, bf16=backend == "openvino-bf16", streams=streams)
+        int8 = backend == "openvino-int8"
+        return OpenVinoEncoder(encoder, onnx_path, bf16=backend != "openvino", streams=streams,
+                               calibration_dir=calibration_dir if int8 else None)
     return OnnxEncoder(encoder, onnx_path, int8=backend == "onnxruntime-int8", streams=streams)
 
 

@@ -9,17 +9,22 @@ the sha256 of its source checkpoint and how it was calibrated in the ONNX metada
 A quantised file lives beside its checkpoint under one name (`int8_path`: ``models/model.pt`` ->
 ``models/model_int8.onnx``); `checked_int8_path` refuses one whose recorded source is not that checkpoint, naming
 both hashes and the command that rebuilds it. int8 is approximate: agreement with float32 in docs/benchmarks.md.
+
+`quantize_openvino_int8` is the transformer counterpart (NNCF post-training quantisation of an OpenVINO-readable
+model, used for the LiteMedSAM encoder): int8 matrix products, chosen operator types left in floating point.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -109,6 +114,35 @@ def quantize_static_int8(network: nn.Module, batches: Iterable[torch.Tensor], ds
         onnx.helper.set_model_props(model, {QUANTIZED_KEY: json.dumps(record, sort_keys=True)})
         with atomic_path(dst) as out:
             onnx.save(model, str(out))
+    return dst
+
+
+def quantize_openvino_int8(model: str | os.PathLike, batches: Iterable[np.ndarray], dst: str | os.PathLike,
+                           float_types: Sequence[str] = ("Convolution", "GroupConvolution")) -> Path:
+    """NNCF static int8 of `model` (``.onnx`` or OpenVINO IR ``.xml``) -> OpenVINO IR `dst` (``.xml`` + ``.bin``).
+
+    Transformer preset: SmoothQuant, int8 weights per output channel, symmetric int8 activations with ranges
+    calibrated on `batches` (float32 arrays, each one model input as the model sees it), fast bias correction.
+    Operators of `float_types` (OpenVINO type names) keep the compiled model's floating-point precision. Both files
+    are written in a temporary folder beside `dst` and moved in ``.bin`` first, so an existing ``.xml`` always has
+    its weights. Approximate: measure the agreement before use.
+    """
+    import nncf
+    import openvino as ov
+
+    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches]
+    if not batches:
+        raise ValueError("int8 calibration needs at least one batch of images")
+    nncf.set_log_level(logging.WARNING)  # its INFO lists every operator left in floating point
+    dst = Path(dst)
+    quantized = nncf.quantize(ov.Core().read_model(str(model)), nncf.Dataset(batches), subset_size=len(batches),
+                              model_type=nncf.ModelType.TRANSFORMER,
+                              ignored_scope=nncf.IgnoredScope(types=list(float_types), validate=False))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.stem}.") as tmp:
+        ov.save_model(quantized, str(Path(tmp) / dst.name), compress_to_fp16=False)
+        os.replace(Path(tmp) / dst.with_suffix(".bin").name, dst.with_suffix(".bin"))
+        os.replace(Path(tmp) / dst.name, dst)
     return dst
 
 
