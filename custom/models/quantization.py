@@ -118,7 +118,7 @@ def quantize_static_int8(network: nn.Module, batches: Iterable[torch.Tensor], ds
 
 
 def quantize_openvino_int8(model: str | os.PathLike, batches: Iterable[np.ndarray], dst: str | os.PathLike,
-                           float_types: Sequence[str] = ("Convolution", "GroupConvolution")) -> Path:
+                           float_types: Sequence[str] = ()) -> Path:
     """NNCF static int8 of `model` (``.onnx`` or OpenVINO IR ``.xml``) -> OpenVINO IR `dst` (``.xml`` + ``.bin``).
 
     Transformer preset: SmoothQuant, int8 weights per output channel, symmetric int8 activations with ranges
