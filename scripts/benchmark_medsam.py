@@ -3,13 +3,18 @@
 DANN + augmentation (live encoder, GPU) from a labelled source to an unlabelled target domain. All seeds share one
 validation split (`split_seed`); the winner is picked on source validation only; then the official source test split
 and, for the domain methods, the target's labelled evaluation part (never used in training or for a choice) are
-reported. Finished (method, seed) runs are reused while their run key matches, so an interrupted benchmark resumes.
-Writes
+reported. `--vary ID --values "a;b"` compares values of one config id for every method (e.g. the lung crop of the
+encoder input, `--vary lung_mode --values "none;crop"`); `--domains_datalist` also scores each frozen-encoder run on
+the test part of every domain of a datalist with a `domain` field (reported, never used for a choice). Finished
+(method, variant, seed) runs are reused while their run key matches, so an interrupted benchmark resumes. Writes
 `<output_dir>/summary.json` and prints Markdown tables.
 
     python scripts/embed.py --datalist kermany.json --cache_dir runs/embeddings --backend onnxruntime  # fill the cache
     python scripts/benchmark_medsam.py --dataset_dir ../shared/data/pediatric_cxr \
         --target_dataset_dir ../shared/data/adult_cxr --cache_dir runs/embeddings --seeds 0,1,2
+    python scripts/benchmark_medsam.py --dataset_dir ../shared/data/pediatric_cxr --cache_dir runs/embeddings \
+        --methods conv --vary lung_mode --values "none;crop" --output_dir runs/benchmark_medsam_lung \
+        --domains_dir ../shared/data --domains_datalist runs/datalists/pediatric_adult.json
 """
 
 import datetime
@@ -70,11 +75,27 @@ def evaluate_with_backend(run: Path, configs: list[str], args: list[str], backen
     return metrics
 
 
+def evaluate_on_domains(run: Path, configs: list[str], args: list[str], domains_dir: str, datalist: str) -> dict:
+    """``{domain: metrics}`` of a finished run's checkpoint (its validation-picked threshold) on the test split of
+    `datalist` (paths under `domains_dir`), one entry per domain; reused when its metrics file exists. `args`: the
+    run's overrides but its dataset."""
+    folder = run / "eval_domains"
+    if not (folder / "test_metrics.json").is_file():
+        run_bundle("run", "evaluating", "--config_file", config_arg([*configs, "configs/evaluate.json"]),
+                   "--output_dir", str(folder), "--eval_split", "test", *args, "--dataset_dir", domains_dir,
+                   "--datalist_file", datalist, "--bootstrap_replicates", "0")
+    return json.loads((folder / "test_metrics.json").read_text())["domains"]
+
+
 def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None,
          methods="avg,avgmax,attention,grid,conv,source_only,dann,contrastive,dann_contrastive", seeds="0,1,2",
          output_dir: str = "runs/benchmark_medsam", extra: str = "", compare_backend: str | None = None,
-         results_file: str | None = None) -> None:
+         results_file: str | None = None, vary: str | None = None, values: str = "",
+         domains_dir: str | None = None, domains_datalist: str | None = None) -> None:
     """extra: more `monai.bundle` overrides for every run, e.g. ``--extra="--max_epochs 30"``.
+    vary / values: a config id and its values (`;`-separated) to compare for every method.
+    domains_dir / domains_datalist: a datalist JSON with a `domain` field per item (paths under `domains_dir`), whose
+    test part every frozen-encoder run is also scored on, per domain.
     compare_backend: also evaluate every frozen-encoder run on embeddings of this encoder backend (validation and
     test; its cache entries must exist or are computed) and report the change of ROC-AUC from the run's own backend.
     results_file: where the summary JSON goes (default ``<output_dir>/summary.json``)."""
@@ -84,35 +105,47 @@ def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None
         raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {list(METHODS)}")
     if target_dataset_dir is None and DOMAIN_METHODS & set(methods):
         raise ValueError("the domain methods need --target_dataset_dir (COVID-19 Radiography layout)")
+    if (domains_dir is None) != (domains_datalist is None):
+        raise ValueError("--domains_dir and --domains_datalist go together")
+    variants = {f"{vary}={v}": ["--" + vary, v] for v in parse_list(values, sep=";")} if vary else {"": []}
     summary = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
-               "seeds": seeds, "rule": RULE, "runs": {}, "validation": {}, "test": {}, "target": {}}
+               "seeds": seeds, "rule": RULE, "runs": {}, "validation": {}, "test": {}, "target": {}, "domains": {}}
     for method in methods:
         configs, overrides = METHODS[method]
         domain = method in DOMAIN_METHODS
-        validation, test, target = [], [], []
-        for seed in seeds:
-            run = Path(output_dir, method, f"seed{seed}")
-            common = ["--dataset_dir", dataset_dir, "--cache_dir", cache_dir, "--seed", str(seed),
-                      "--ckpt_dir", str(run / "models"), "--make_plots", "False", *overrides,
-                      *(["--target_dataset_dir", target_dataset_dir] if domain else []), *extra.split()]
-            metrics = train_and_evaluate(run, configs, common)
-            validation.append(metrics["validation"])
-            test.append(metrics["test"])
-            summary["runs"][f"{method}/seed{seed}"] = {
-                "validation": {k: validation[-1][k] for k in (*VALIDATION_REPORTED, "threshold")},
-                "test": {k: test[-1][k] for k in (*REPORTED, "threshold")}}
-            if compare_backend and not domain:
-                other = evaluate_with_backend(run, configs, common, compare_backend)
-                summary["runs"][f"{method}/seed{seed}"][compare_backend] = {
-                    split: {"roc_auc": other[split]["roc_auc"], "accuracy": other[split]["accuracy"],
-                            "roc_auc_change": other[split]["roc_auc"] - metrics[split]["roc_auc"]} for split in SPLITS}
+        for variant, variant_args in variants.items():
+            option = "/".join(filter(None, (method, variant)))
+            validation, test, target, domains = [], [], [], []
+            for seed in seeds:
+                run = Path(output_dir, *option.split("/"), f"seed{seed}")
+                run_args = ["--cache_dir", cache_dir, "--seed", str(seed), "--ckpt_dir", str(run / "models"),
+                            "--make_plots", "False", *overrides, *variant_args,
+                            *(["--target_dataset_dir", target_dataset_dir] if domain else []), *extra.split()]
+                common = ["--dataset_dir", dataset_dir, *run_args]
+                metrics = train_and_evaluate(run, configs, common)
+                validation.append(metrics["validation"])
+                test.append(metrics["test"])
+                record = summary["runs"][f"{option}/seed{seed}"] = {
+                    "validation": {k: validation[-1][k] for k in (*VALIDATION_REPORTED, "threshold")},
+                    "test": {k: test[-1][k] for k in (*REPORTED, "threshold")}}
+                if compare_backend and not domain:
+                    other = evaluate_with_backend(run, configs, common, compare_backend)
+                    record[compare_backend] = {
+                        split: {"roc_auc": other[split]["roc_auc"], "accuracy": other[split]["accuracy"],
+                                "roc_auc_change": other[split]["roc_auc"] - metrics[split]["roc_auc"]}
+                        for split in SPLITS}
+                if domain:
+                    target.append(json.loads((run / "train" / "target_metrics.json").read_text()))
+                    record["target"] = {k: target[-1][k] for k in REPORTED}
+                elif domains_datalist:
+                    domains.append(evaluate_on_domains(run, configs, run_args, domains_dir, domains_datalist))
+                    record["domains"] = {name: {k: m[k] for k in REPORTED} for name, m in domains[-1].items()}
+            summary["validation"][option] = mean_std(validation, VALIDATION_REPORTED)
+            summary["test"][option] = mean_std(test)
             if domain:
-                target.append(json.loads((run / "train" / "target_metrics.json").read_text()))
-                summary["runs"][f"{method}/seed{seed}"]["target"] = {k: target[-1][k] for k in REPORTED}
-        summary["validation"][method] = mean_std(validation, VALIDATION_REPORTED)
-        summary["test"][method] = mean_std(test)
-        if domain:
-            summary["target"][method] = mean_std(target)
+                summary["target"][option] = mean_std(target)
+            if domains:
+                summary["domains"][option] = {name: mean_std([d[name] for d in domains]) for name in domains[0]}
     summary["winner"] = pick_on_validation(summary["validation"])
     if compare_backend:
         changes = {split: [r[compare_backend][split]["roc_auc_change"] for r in summary["runs"].values()
@@ -124,6 +157,9 @@ def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None
     print(validation_first_report(summary, len(seeds)))
     if summary["target"]:
         print("\nTarget: labelled evaluation part\n" + markdown_table(summary["target"], len(seeds)))
+    for name in sorted({name for per_domain in summary["domains"].values() for name in per_domain}):
+        table = {option: per_domain[name] for option, per_domain in summary["domains"].items() if name in per_domain}
+        print(f"\nTest part of domain {name} (reported, not used for a choice)\n" + markdown_table(table, len(seeds)))
     if "backend_comparison" in summary:
         print(f"\nROC-AUC change on {compare_backend} embeddings: {json.dumps(summary['backend_comparison'])}")
 

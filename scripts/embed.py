@@ -6,6 +6,7 @@ Example (from the repo root):
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino --streams 2   # faster on CPU, same entries
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino-bf16 --streams 2 --map_size 16
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino-int8 --streams 2   # fastest on CPU
+    python scripts/embed.py --datalist datalists/kermany.json --backend openvino-bf16 --streams 2 --lung_mode crop
     python scripts/embed.py --datalist datalists/kermany.json --variant vit_b --checkpoint medsam_vit_b.pth \
         --device cuda --splits training,validation
 """
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 
 from custom.data.checks import write_bad_files  # noqa: E402
 from custom.data.datalists import SPLITS, load_datalist  # noqa: E402
+from custom.lung.transforms import LungPreprocessd  # noqa: E402
 from custom.medsam.embedding_cache import EmbeddingCache, Preprocessing  # noqa: E402
 from custom.medsam.encoders import build_encoder  # noqa: E402
 from custom.medsam.heads import POOLED_MAP_SIZE  # noqa: E402
@@ -33,7 +35,8 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
          device: str | None = None, splits="training,validation,test", base_dir: str | None = None,
          keep_aspect: bool | None = None, batch_size: int = 8, progress: bool = True, backend: str = "torch",
          streams: int = 1, map_size: int = POOLED_MAP_SIZE, bad_files: str | None = None,
-         calibration_dir: str = str(Path(REPO_ROOT) / "data" / "sample" / "train")) -> None:
+         calibration_dir: str = str(Path(REPO_ROOT) / "data" / "sample" / "train"), lung_mode: str = "none",
+         lung_model_path: str = str(Path(REPO_ROOT) / "models" / "lung_unet.pt"), lung_margin: float = 0.05) -> None:
     """Fill `cache_dir` for the items of `splits` (comma-separated) of the datalist JSON `datalist`.
 
     variant: "lite" (packaged LiteMedSAM) or "vit_b" (needs --checkpoint medsam_vit_b.pth). device: default cuda
@@ -46,6 +49,8 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     embeddings).
     map_size: side of the stored average-pooled map, (256, map_size, map_size) float16 per image (8: 32 KiB, 16:
     128 KiB); part of the cache key.
+    lung_mode: "crop" (the encoder sees the lung box plus `lung_margin` of the image side, found by the lung UNet
+    `lung_model_path`), "mask" or "none", as train.json's ids of the same names; part of the cache key.
     bad_files: CSV of the images that failed (default `<cache_dir>/bad_files.csv`); RuntimeError if no image could be
     embedded.
     """
@@ -56,10 +61,13 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     data = load_datalist(datalist, base_dir=base_dir)
     encoder = build_encoder(variant, checkpoint, backend, streams=streams, calibration_dir=calibration_dir)
     keep_aspect = encoder.keep_aspect if keep_aspect is None else keep_aspect
-    cache = EmbeddingCache(cache_dir, encoder, encoder.variant, Preprocessing(encoder.input_size, keep_aspect, map_size))
+    lung_step = LungPreprocessd("image", lung_model_path, mode=lung_mode, margin=lung_margin)
+    cache = EmbeddingCache(cache_dir, encoder, encoder.variant, Preprocessing(encoder.input_size, keep_aspect, map_size),
+                           lung_step)
     device = device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")
     summary = {"cache_dir": str(Path(cache_dir).resolve()), "variant": encoder.variant,
-               "weights_sha256": cache.fingerprint, "preprocessing": asdict(cache.preprocessing), "splits": {}}
+               "weights_sha256": cache.fingerprint, "preprocessing": asdict(cache.preprocessing),
+               "lung": cache.lung_step.fingerprint() if cache.lung_step else None, "splits": {}}
     bad, total = [], 0
     for name in names:
         items = data.get(name) or []

@@ -244,6 +244,41 @@ def test_benchmark_medsam_aggregates_source_and_target_metrics_over_seeds(dann):
     assert "ROC-AUC change on openvino embeddings" in again.stdout
 
 
+def test_benchmark_medsam_compares_values_of_a_config_id_and_scores_every_domain(dann, tmp_path):
+    """`--vary lung_mode --values "none;crop"`: each method once per value (the lung-cropped encoder input gets cache
+    entries of its own); `--domains_datalist`: every frozen run also scored on each domain of a datalist's test part,
+    per run and as the mean over seeds."""
+    datalist = json.loads((dann / "datalist.json").read_text())
+    (tmp_path / "bench.json").write_text(json.dumps({**datalist, "test": datalist["validation"]}))
+    adult = [{"image": str(p), "label": label, "class_name": name, "patient_id": p.stem, "domain": "adult"}
+             for label, (folder, name) in enumerate(CLASS_MAP.items())
+             for p in sorted((dann / "target" / folder).glob("*.png"))[:1]]
+    (tmp_path / "domains.json").write_text(json.dumps({**datalist, "test": datalist["validation"] + adult}))
+    cache = tmp_path / "cache"
+    shutil.copytree(dann / "cache", cache)
+    before = len(list(cache.rglob("*.pt")))
+    args = [sys.executable, "scripts/benchmark_medsam.py", "--dataset_dir", str(SAMPLE), "--cache_dir", str(cache),
+            "--methods", "avg", "--seeds", "0", "--vary", "lung_mode", "--values", "none;crop",
+            "--output_dir", str(tmp_path / "benchmark"), "--results_file", str(tmp_path / "summary.json"),
+            "--domains_dir", str(tmp_path), "--domains_datalist", str(tmp_path / "domains.json"),
+            f"--extra=--datalist_file {tmp_path / 'bench.json'} --max_epochs 1 --batch_size 2"]
+    result = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    options = {"avg/lung_mode=none", "avg/lung_mode=crop"}
+    assert set(summary["validation"]) == set(summary["test"]) == set(summary["domains"]) == options
+    assert summary["winner"] in options
+    for option in options:
+        run = tmp_path / "benchmark" / Path(option) / "seed0"
+        per_domain = json.loads((run / "eval_domains" / "test_metrics.json").read_text())["domains"]
+        assert {name: m["n"] for name, m in per_domain.items()} == {"pediatric": 2, "adult": 2}
+        for name in ("pediatric", "adult"):
+            recorded = summary["runs"][f"{option}/seed0"]["domains"][name]["roc_auc"]
+            assert recorded == per_domain[name]["roc_auc"] == summary["domains"][option][name]["roc_auc"]["mean"]
+    # the crop embeds the 8 training / validation images again; both options embed the 2 adult images
+    assert len(list(cache.rglob("*.pt"))) >= before + 8 + 2
+    assert "Test part of domain adult" in result.stdout
+
+
 def test_bundle_dann_with_augmentation_trains_live_encoder_stages_on_augmented_images(dann, tmp_path):
     """train_dann_augment.json: images (not the cache) through LiteMedSAM under strong MONAI augmentation, both domains;
     with trainable_stages=1 the encoder's neck adapts under the gradient reversal, earlier stages stay fixed."""

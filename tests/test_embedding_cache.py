@@ -1,7 +1,7 @@
 """Tests for custom.medsam.embedding_cache with the real LiteMedSAM encoder on real radiographs.
 
-Only 4 images go through the encoder in this file: 3 when the module's cache is filled, 1 when an interrupted write
-is recovered. Every other test works on copies of that cache or only looks entries up.
+Only 6 images go through the encoder in this file: 3 when the module's cache is filled, 1 when an interrupted write
+is recovered, 2 lung-cropped ones. Every other test works on copies of that cache or only looks entries up.
 """
 
 import shutil
@@ -15,6 +15,7 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedTrainer
 from monai.handlers import from_engine
+from monai.transforms import Compose
 from torch import nn
 
 from custom.medsam.embedding_cache import (
@@ -24,10 +25,13 @@ from custom.medsam.embedding_cache import (
     _tensor_sha256,
     cached_embedding_datalist,
 )
-from custom.medsam.encoders import build_encoder
+from custom.lung.transforms import LungPreprocessd
+from custom.medsam.encoders import build_encoder, encoder_input_transforms
 from custom.medsam.heads import EmbeddingClassifier
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+LUNG_UNET = ROOT / "models" / "lung_unet.pt"
+SHARED = ROOT.parent / "shared" / "data"
 HIRES = SHARED / "pediatric_cxr_hires512" / "train"
 NORMAL_1 = HIRES / "NORMAL" / "IM-0117-0001.jpeg"
 NORMAL_2 = HIRES / "NORMAL" / "IM-0129-0001.jpeg"
@@ -134,22 +138,49 @@ def test_key_changes_with_weights_preprocessing_and_content(filled, lite, tmp_pa
         EmbeddingCache(filled.dir, lite, preprocess_desc={"size": 1024, "keep_aspect": False})
 
 
-def test_frozen_config_keys_the_cache_on_the_encoder_keep_aspect_override(tmp_path):
-    """`--encoder_keep_aspect False` (plain resize) reaches the embedding cache: other preprocessing, other keys."""
+def test_lung_cropped_entries_are_keyed_apart_and_match_the_image_chain(filled, lite, tmp_path):
+    """A cropping (or masking) lung step gets keys of its own, per setting and UNet; mode "none" keeps the plain keys.
+    A cropped entry is the pooled encoder output of the chain the MedSAM image configs run with the same step
+    (`encoder_input_transforms(..., lung_step=...)`), and differs from the uncropped one."""
+    crop = LungPreprocessd("image", LUNG_UNET, mode="crop")
+    steps = {"none": LungPreprocessd("image", LUNG_UNET, mode="none"), "crop": crop,
+             "mask": LungPreprocessd("image", LUNG_UNET, mode="mask"),
+             "wider": LungPreprocessd("image", LUNG_UNET, mode="crop", margin=0.1),
+             "other_unet": LungPreprocessd("image", ROOT / "models" / "lung_unet_64.pt", mode="crop")}
+    base = EmbeddingCache(filled.dir, CountingEncoder(lite))
+    keys = {name: EmbeddingCache(filled.dir, CountingEncoder(lite), lung_step=step).key(NORMAL_1)
+            for name, step in steps.items()}
+    assert keys.pop("none") == base.key(NORMAL_1)
+    assert len({base.key(NORMAL_1), *keys.values()}) == 5
+
+    encoder = CountingEncoder(lite)
+    cropped = EmbeddingCache(tmp_path, encoder, lung_step=crop)
+    maps = cropped.get_or_compute([NORMAL_1, PNEUMONIA], progress=False)
+    assert encoder.images == 2 and not cropped.failed
+    chain = Compose(encoder_input_transforms(lite.input_size, lite.keep_aspect, lung_step=crop))
+    inputs = torch.stack([chain({"image": str(p)})["image"] for p in (NORMAL_1, PNEUMONIA)])
+    with torch.no_grad():
+        live = F.adaptive_avg_pool2d(lite(inputs), 16)
+    assert (maps.float() - live).abs().max() < 1e-2  # float16 storage
+    assert (maps.float() - filled.maps[:2].float()).abs().max() > 0.1  # the encoder saw other pixels
+
+
+def test_frozen_config_keys_the_cache_on_the_encoder_keep_aspect_and_lung_overrides(tmp_path):
+    """`--encoder_keep_aspect False` (plain resize) and `--lung_mode crop` reach the embedding cache: other
+    preprocessing, other keys."""
     from monai.bundle import ConfigParser
 
-    root = Path(__file__).resolve().parents[1]
     caches = {}
-    for keep_aspect in (None, False):
+    for name, override in {"default": {}, "plain_resize": {"encoder_keep_aspect": False},
+                           "lung_crop": {"lung_mode": "crop"}}.items():
         parser = ConfigParser()
-        parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / "train_medsam_frozen.json")])
-        parser.update({"bundle_root": str(root), "cache_dir": str(tmp_path)})
-        if keep_aspect is not None:
-            parser["encoder_keep_aspect"] = keep_aspect
-        caches[keep_aspect] = parser.get_parsed_content("embedding_cache")
-    assert caches[None].preprocessing.keep_aspect is True  # LiteMedSAM's own pipeline pads
-    assert caches[False].preprocessing.keep_aspect is False
-    assert caches[None].key(NORMAL_1) != caches[False].key(NORMAL_1)
+        parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "train_medsam_frozen.json")])
+        parser.update({"bundle_root": str(ROOT), "cache_dir": str(tmp_path), **override})
+        caches[name] = parser.get_parsed_content("embedding_cache")
+    assert caches["default"].preprocessing.keep_aspect is True  # LiteMedSAM's own pipeline pads
+    assert caches["plain_resize"].preprocessing.keep_aspect is False
+    assert caches["default"].lung_step is None and caches["lung_crop"].lung_step.mode == "crop"
+    assert len({c.key(NORMAL_1) for c in caches.values()}) == 3
 
 
 def test_recovers_from_an_interrupted_write(filled, lite, tmp_path):
@@ -215,7 +246,7 @@ def test_embed_script_lists_bad_files_and_fails_only_when_nothing_was_embedded(f
     import importlib.util
     import json
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "embed.py"
+    script = ROOT / "scripts" / "embed.py"
     spec = importlib.util.spec_from_file_location("embed_script", script)
     embed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(embed)

@@ -164,6 +164,24 @@ def test_a_head_trained_on_another_map_size_is_refused_naming_both(tmp_path):
         assert re.search(message, str(err.value.__cause__)), err.value  # the config expression's ValueError
 
 
+def test_a_head_on_lung_cropped_embeddings_runs_behind_the_crop_and_only_there(tmp_path):
+    """The MedSAM image configs put the lung step before the encoder when asked (`--lung_mode crop`); the run's
+    lung_mode in the head's provenance must match, either way."""
+    checkpoint = load_checkpoint(ROOT / "models" / "medsam_head.pt")
+    checkpoint["provenance"]["config"]["lung_mode"] = "crop"
+    torch.save(checkpoint, tmp_path / "head_crop.pt")
+    with pytest.raises(ValueError, match=r"head_crop\.pt: trained with lung_mode = 'crop', but this config has "
+                                         r"lung_mode = 'none'; run it with --lung_mode 'crop'"):
+        load_bundle(ROOT, MEDSAM, ckpt_path=tmp_path / "head_crop.pt")
+    with pytest.raises(ValueError, match=r"medsam_head\.pt: trained with lung_mode = 'none'"):
+        load_bundle(ROOT, MEDSAM, lung_mode="crop")
+    model = load_bundle(ROOT, MEDSAM, ckpt_path=tmp_path / "head_crop.pt", lung_mode="crop")
+    steps = [type(t).__name__ for t in model.config.get_parsed_content("preprocessing").transforms]
+    assert steps[steps.index("LungPreprocessd") - 1:steps.index("LungPreprocessd") + 2] == [
+        "ScaleIntensityd", "LungPreprocessd", "EncoderPreprocessd"]
+    assert model.config.get_parsed_content("lung_step").mode == "crop"
+
+
 def test_bad_checkpoints_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -15,6 +15,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from custom.data.transforms import source_file
+from custom.io import file_sha256
 from custom.lung.segmentation import load_lung_unet, load_lung_unet_openvino, segment_lungs_batch
 
 MODES = ("crop", "mask", "none")
@@ -125,6 +126,12 @@ class LungPreprocessd(MapTransform):
             out.append(self._crop(image, mask) if self.mode == "crop" else self._mask(image, mask))
             statuses.append("applied")
         return torch.stack(out), masks, statuses
+
+    def fingerprint(self) -> dict:
+        """What decides this step's output, for cache keys: mode, margin, dilation, area bounds, UNet backend and the
+        sha256 of the UNet file."""
+        return {"mode": self.mode, "margin": self.margin, "dilation": self.dilation, "min_area": self.min_area,
+                "max_area": self.max_area, "backend": self.backend, "unet_sha256": file_sha256(self.model_path)}
 
     def unet(self) -> torch.nn.Module:
         """The UNet as `backend` runs it, loaded (and compiled) once per process."""

@@ -14,7 +14,8 @@ logged and recomputed. Temp files (``.<key>.pt.*.tmp``) left by an interrupted r
 deleted when no run is writing.
 
 Key: sha256 over the image file's bytes, the encoder variant, the weights fingerprint, the preprocessing (size,
-keep_aspect, map_size) and the cache format version; changing any of them gives new entries (old ones stay on disk).
+keep_aspect, map_size), the lung step where one crops or masks (its settings and lung UNet sha256) and the cache
+format version; changing any of them gives new entries (old ones stay on disk).
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from monai.engines.utils import PrepareBatch
+from monai.utils import convert_to_tensor
 from torch import nn
 from tqdm import tqdm
 
 from custom.data.transforms import LoadCXR
 from custom.io import atomic_path, file_sha256
-from custom.medsam.encoders import EMBED_DIM, encoder_preprocess, weights_fingerprint
+from custom.lung.transforms import LungPreprocessd
+from custom.medsam.encoders import EMBED_DIM, encoder_preprocess, minmax01, weights_fingerprint
 from custom.medsam.heads import POOLED_MAP_SIZE
 
 logger = logging.getLogger(__name__)
@@ -67,15 +70,18 @@ class EmbeddingCache:
         variant: encoder name in the key; None = ``encoder.variant``.
         preprocess_desc: `Preprocessing` or a mapping of its fields; None = ``encoder.input_size`` and
             ``encoder.keep_aspect`` (the MedSAM pipeline of that encoder), map_size 16.
+        lung_step: a `LungPreprocessd` run on each image (min-max scaled to [0, 1]) before ``encoder_preprocess``:
+            mode "crop" gives the encoder the lung box, "mask" blanks what lies outside the lungs; None or mode
+            "none": no lung step (and the keys of a cache without one).
 
     Counters (cumulative): ``hits`` / ``misses``: distinct entries found on disk / not found (then computed, or
     failed: unreadable images are retried on every call); ``corrupt``: bad entries found (they count as misses).
     ``failed`` maps each path of the latest `get_or_compute` call that produced no embedding to (stage, reason):
-    stage "read", "encoder_preprocess" or "encoder".
+    stage "read", "lung", "encoder_preprocess" or "encoder".
     """
 
     def __init__(self, cache_dir: str | os.PathLike, encoder: nn.Module, variant: str | None = None,
-                 preprocess_desc: Preprocessing | Mapping | None = None):
+                 preprocess_desc: Preprocessing | Mapping | None = None, lung_step: LungPreprocessd | None = None):
         self.cache_dir = Path(cache_dir)
         self.encoder = encoder
         self.variant = variant or encoder.variant
@@ -87,8 +93,12 @@ class EmbeddingCache:
             raise ValueError(f"preprocessing size {preprocess_desc.size} != encoder input size {encoder.input_size}")
         self.preprocessing = preprocess_desc
         self.fingerprint = weights_fingerprint(encoder)
-        self._key_prefix = json.dumps({"version": CACHE_VERSION, "variant": self.variant, "weights": self.fingerprint,
-                                       "preprocessing": asdict(preprocess_desc)}, sort_keys=True).encode()
+        self.lung_step = lung_step if lung_step is not None and lung_step.mode != "none" else None
+        key_fields = {"version": CACHE_VERSION, "variant": self.variant, "weights": self.fingerprint,
+                      "preprocessing": asdict(preprocess_desc)}
+        if self.lung_step is not None:
+            key_fields["lung"] = self.lung_step.fingerprint()
+        self._key_prefix = json.dumps(key_fields, sort_keys=True).encode()
         self.loader = LoadCXR()
         self.hits = self.misses = self.corrupt = 0
         self.failed: dict[str, tuple[str, str]] = {}
@@ -98,7 +108,8 @@ class EmbeddingCache:
         return (EMBED_DIM, self.preprocessing.map_size, self.preprocessing.map_size)
 
     def key(self, path: str | os.PathLike) -> str:
-        """Hex sha256 of (encoder variant, weights fingerprint, preprocessing, format version, the file's bytes)."""
+        """Hex sha256 of (encoder variant, weights fingerprint, preprocessing, lung step, format version, the file's
+        bytes)."""
         return file_sha256(path, prefix=self._key_prefix + b"\0")
 
     def entry_path(self, key: str) -> Path:
@@ -158,6 +169,9 @@ class EmbeddingCache:
                     stage = "read"
                     try:  # skip this image only; LoadCXR names the file and the cause
                         image = self.loader(path)
+                        if self.lung_step is not None:
+                            stage = "lung"
+                            image = self._lung(image, path)
                         stage = "encoder_preprocess"
                         images.append(encoder_preprocess(image, size, keep_aspect))
                         ok.append((key, path))
@@ -175,6 +189,13 @@ class EmbeddingCache:
                         self._write(key, found[key], path)
                 bar.update(len(batch))
         return errors
+
+    def _lung(self, image: torch.Tensor, path: str) -> torch.Tensor:
+        """(1, W, H) image in any range -> (1, W, H) in [0, 1] after the lung step (an implausible lung mask leaves
+        the image as it is, with the lung step's warning naming `path`)."""
+        scaled = minmax01(convert_to_tensor(image, dtype=torch.float32, track_meta=False)[None])
+        out, _, _ = self.lung_step.apply(scaled, [path])
+        return out[0]
 
     def _write(self, key: str, embedding: torch.Tensor, source: str) -> None:
         entry = {"key": key, "embedding": embedding, "sha256": _tensor_sha256(embedding), "source": source}

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import EnsureTyped, MapTransform
+from monai.transforms import EnsureTyped, MapTransform, ScaleIntensityd
 from monai.utils import convert_to_tensor
 from torch import nn
 
 from custom.data.transforms import LoadCXRd
 from custom.io import file_sha256
+from custom.lung.transforms import LungPreprocessd
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +390,11 @@ class EncoderPreprocessd(MapTransform):
         return d
 
 
-def encoder_input_transforms(size: int, keep_aspect: bool = False, keys: KeysCollection = "image") -> list[MapTransform]:
+def encoder_input_transforms(size: int, keep_aspect: bool = False, keys: KeysCollection = "image",
+                             lung_step: LungPreprocessd | None = None) -> list[MapTransform]:
     """The MedSAM preprocessing chain every MedSAM config uses: image file -> `LoadCXRd` (1, W, H) ->
-    `EncoderPreprocessd` (3, size, size) in [0, 1] -> float32."""
-    return [LoadCXRd(keys), EncoderPreprocessd(keys, size, keep_aspect), EnsureTyped(keys, dtype=torch.float32)]
+    `EncoderPreprocessd` (3, size, size) in [0, 1] -> float32. With a `lung_step` whose mode is not "none", the
+    image is min-max scaled to [0, 1] and lung-cropped (or masked) at its own resolution before
+    `EncoderPreprocessd`, as `custom.medsam.embedding_cache.EmbeddingCache` does with the same step."""
+    lung = [ScaleIntensityd(keys, minv=0.0, maxv=1.0), lung_step] if lung_step and lung_step.mode != "none" else []
+    return [LoadCXRd(keys), *lung, EncoderPreprocessd(keys, size, keep_aspect), EnsureTyped(keys, dtype=torch.float32)]
