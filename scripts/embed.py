@@ -7,6 +7,7 @@ Example (from the repo root):
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino-bf16 --streams 2 --map_size 16
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino-int8 --streams 2   # fastest on CPU
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino-bf16 --streams 2 --lung_mode crop
+    python scripts/embed.py --datalist datalists/kermany.json --backend openvino-bf16 --streams 2 --feature_stages 1,2
     python scripts/embed.py --datalist datalists/kermany.json --variant vit_b --checkpoint medsam_vit_b.pth \
         --device cuda --splits training,validation
 """
@@ -36,7 +37,8 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
          keep_aspect: bool | None = None, batch_size: int = 8, progress: bool = True, backend: str = "torch",
          streams: int = 1, map_size: int = POOLED_MAP_SIZE, bad_files: str | None = None,
          calibration_dir: str = str(Path(REPO_ROOT) / "data" / "sample" / "train"), lung_mode: str = "none",
-         lung_model_path: str = str(Path(REPO_ROOT) / "models" / "lung_unet.pt"), lung_margin: float = 0.05) -> None:
+         lung_model_path: str = str(Path(REPO_ROOT) / "models" / "lung_unet.pt"), lung_margin: float = 0.05,
+         feature_stages=()) -> None:
     """Fill `cache_dir` for the items of `splits` (comma-separated) of the datalist JSON `datalist`.
 
     variant: "lite" (packaged LiteMedSAM) or "vit_b" (needs --checkpoint medsam_vit_b.pth). device: default cuda
@@ -51,6 +53,8 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     128 KiB); part of the cache key.
     lung_mode: "crop" (the encoder sees the lung box plus `lung_margin` of the image side, found by the lung UNet
     `lung_model_path`), "mask" or "none", as train.json's ids of the same names; part of the cache key.
+    feature_stages: TinyViT stages stored after the embedding (e.g. "1,2": 736 channels), as train_medsam_frozen.json's
+    `encoder_feature_stages`; part of the cache key (through the variant).
     bad_files: CSV of the images that failed (default `<cache_dir>/bad_files.csv`); RuntimeError if no image could be
     embedded.
     """
@@ -59,7 +63,9 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
     data = load_datalist(datalist, base_dir=base_dir)
-    encoder = build_encoder(variant, checkpoint, backend, streams=streams, calibration_dir=calibration_dir)
+    stages = [int(s) for s in str(feature_stages).strip("()[]").split(",") if s.strip()]
+    encoder = build_encoder(variant, checkpoint, backend, streams=streams, calibration_dir=calibration_dir,
+                            feature_stages=stages)
     keep_aspect = encoder.keep_aspect if keep_aspect is None else keep_aspect
     lung_step = LungPreprocessd("image", lung_model_path, mode=lung_mode, margin=lung_margin)
     cache = EmbeddingCache(cache_dir, encoder, encoder.variant, Preprocessing(encoder.input_size, keep_aspect, map_size),

@@ -183,6 +183,44 @@ def test_frozen_config_keys_the_cache_on_the_encoder_keep_aspect_and_lung_overri
     assert len({c.key(NORMAL_1) for c in caches.values()}) == 3
 
 
+def test_stage_feature_entries_hold_every_channel_and_are_keyed_apart(filled, lite, tmp_path):
+    """An encoder with TinyViT stage features stores (736, 16, 16) entries under keys of its own, whose first 256
+    channels are the plain entry; an entry of the other channel count is never read as one of these."""
+    staged = build_encoder("lite", feature_stages=[1, 2])
+    cache = EmbeddingCache(filled.dir, staged)
+    assert cache.entry_shape == (736, 16, 16) and cache.key(NORMAL_1) != filled.cache.key(NORMAL_1)
+    folder = copy_cache(filled, tmp_path)
+    cache = EmbeddingCache(folder, staged)
+    maps = cache.get_or_compute([NORMAL_1], progress=False)
+    assert maps.shape == (1, 736, 16, 16) and cache.misses == 1
+    assert torch.equal(maps[:, :256], filled.maps[:1])
+    plain_entry = EmbeddingCache(folder, lite).entry_path(filled.cache.key(NORMAL_1))
+    staged_entry = cache.entry_path(cache.key(PNEUMONIA))
+    staged_entry.parent.mkdir(exist_ok=True)  # a 256-channel entry naming a staged key
+    torch.save({**torch.load(plain_entry, weights_only=True), "key": cache.key(PNEUMONIA)}, staged_entry)
+    assert cache.get(PNEUMONIA) is None and cache.corrupt == 1
+
+
+def test_frozen_config_wires_stage_features_into_the_cache_the_head_and_trained_with(tmp_path):
+    """`--encoder_feature_stages [1,2]` reaches the encoder, the cache's entry shape and the head's input channels, and
+    a head trained with it is refused by a config without it (both values named)."""
+    from monai.bundle import ConfigParser
+
+    from custom.models.trained_model import check_trained_with
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "train_medsam_frozen.json")])
+    parser.update({"bundle_root": str(ROOT), "cache_dir": str(tmp_path), "encoder_backend": "torch", "encoder_streams": 1,
+                   "encoder_feature_stages": [1, 2]})
+    assert parser.get_parsed_content("embedding_cache").entry_shape == (736, 16, 16)
+    head = parser.get_parsed_content("network_def")
+    assert head.pooling.conv[0].in_channels == 736
+    trained = {"model": head.state_dict(), "provenance": {"config": parser.get_parsed_content("trained_with")}}
+    with pytest.raises(ValueError, match=r"encoder_feature_stages = \[1, 2\], but this config has encoder_feature_stages = \[\]"):
+        check_trained_with(trained, {"map_size": 16, "encoder_variant": "lite", "encoder_feature_stages": [],
+                                     "lung_mode": "none"})
+
+
 def test_recovers_from_an_interrupted_write(filled, lite, tmp_path):
     folder = copy_cache(filled, tmp_path)
     encoder = CountingEncoder(lite)

@@ -17,6 +17,7 @@ from custom.medsam.encoders import (
     LiteMedSAMEncoder,
     MedSAMViTBEncoder,
     build_encoder,
+    feature_channels,
     encoder_preprocess,
     file_sha256,
     weights_fingerprint,
@@ -246,3 +247,41 @@ def test_medsam_classifier_freezes_the_encoder():
     assert encoder[0].weight.grad is not None
     model.eval()
     assert not encoder.training
+
+
+def test_stage_features_append_normalised_tinyvit_stages_to_the_embedding(lite, loader, lite_features):
+    """`feature_stages` (1, 2): the embedding unchanged in the first 256 channels, then the outputs of TinyViT stages
+    1 and 2 (160 + 320 channels on the 64 x 64 token grid) layer-normalised per position; same weights and state-dict
+    keys, a variant of its own, and the ONNX / OpenVINO export carries the extra channels (float32: cosine >= 0.999)."""
+    staged = build_encoder("lite", feature_stages=[1, 2])
+    assert staged.variant == "lite+stages12" and staged.out_channels == feature_channels([1, 2]) == 736
+    assert staged.net.state_dict().keys() == lite.net.state_dict().keys()
+    images = torch.stack([encoder_preprocess(loader(p), 256, keep_aspect=True) for p in (NORMAL, PNEUMONIA)])
+    tokens = {}
+    hooks = [lite.net.layers[i].register_forward_hook(lambda m, i, o, k=i: tokens.__setitem__(k, o)) for i in (1, 2)]
+    with torch.no_grad():
+        lite(images)
+        maps = staged(images)
+    for h in hooks:
+        h.remove()
+    assert maps.shape == (2, 736, 64, 64)
+    assert torch.equal(maps[:, :256], lite_features)
+    for index, channels in ((1, slice(256, 416)), (2, slice(416, 736))):
+        expected = F.layer_norm(tokens[index], tokens[index].shape[-1:]).transpose(1, 2).reshape(2, -1, 64, 64)
+        assert torch.allclose(maps[:, channels], expected, atol=1e-5)
+        assert maps[:, channels].mean(1).abs().max() < 1e-4 and (maps[:, channels].std(1) - 1).abs().max() < 0.01
+
+    fast = build_encoder("lite", backend="openvino", feature_stages=[1, 2])
+    assert fast.variant == "lite+stages12" and fast.out_channels == 736
+    with torch.no_grad():
+        assert F.cosine_similarity(fast(images).flatten(1), maps.flatten(1)).min() >= 0.999
+
+    model = MedSAMClassifier(staged, pooling="conv", num_classes=2)
+    assert model.classifier.pooling.conv[0].in_channels == 736
+    with torch.no_grad():
+        assert model(images).shape == (2, 2)
+    for bad in ([2, 1], [4], [1, 1]):
+        with pytest.raises(ValueError, match="feature_stages must be increasing"):
+            build_encoder("lite", feature_stages=bad)
+    with pytest.raises(ValueError, match="needs the TinyViT encoder 'lite'"):
+        build_encoder("vit_b", feature_stages=[1])

@@ -111,8 +111,8 @@ def encoder_stages(encoder: nn.Module) -> list[nn.Module]:
 
 
 class MedSAMDANNClassifier(DANNClassifier):
-    """`DANNClassifier` on images: a MedSAM encoder -> (B, 256, 64, 64), average-pooled to (B, 256, map_size,
-    map_size), then the trainable adapter, label head, gradient reversal + domain head and projection.
+    """`DANNClassifier` on images: a MedSAM encoder -> (B, C, 64, 64) (C = its ``out_channels``), average-pooled to
+    (B, C, map_size, map_size), then the trainable adapter, label head, gradient reversal + domain head and projection.
 
     (B, 3, S, S) images in [0, 1] (S = ``encoder.input_size``) -> (B, num_classes) logits. For training on
     augmented images (`configs/train_dann_augment.json`), which the embedding cache cannot serve.
@@ -127,7 +127,7 @@ class MedSAMDANNClassifier(DANNClassifier):
 
     def __init__(self, encoder: nn.Module, pooling: str = "avg", num_classes: int = 2, feature_dim: int = 256,
                  trainable_stages: int = 0, map_size: int = POOLED_MAP_SIZE):
-        super().__init__(pooling, num_classes, feature_dim)
+        super().__init__(pooling, num_classes, feature_dim, channels=getattr(encoder, "out_channels", EMBED_DIM))
         stages = encoder_stages(encoder)
         if not 0 <= trainable_stages <= len(stages):
             raise ValueError(f"trainable_stages must be in [0, {len(stages)}], got {trainable_stages}")

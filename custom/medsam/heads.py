@@ -116,6 +116,7 @@ class EmbeddingClassifier(nn.Module):
         pooling: a name for `build_pooling` or a pooling module with ``out_features``.
         head: the head on the pooled vector; None = ``MLPHead(pooling.out_features, num_classes=num_classes)``.
         num_classes: logits of the default head (2 fits the bundle's CrossEntropyLoss + softmax).
+        channels: C of the maps (256; `custom.medsam.encoders.feature_channels` with TinyViT stage features).
     """
 
     def __init__(self, pooling: str | nn.Module = "avg", head: nn.Module | None = None, num_classes: int = 2,
@@ -141,13 +142,15 @@ class MedSAMClassifier(nn.Module):
             with ``requires_grad=False`` and no autograd graph; settable later (``model.freeze_encoder = False``).
         map_size: side of the grid the 64x64 map is average-pooled to before ``pooling`` (16 = what the cache stores,
             so cache-trained heads see the same input; average pooling is unaffected). None keeps 64x64.
+
+    The pooling takes the encoder's ``out_channels`` (256, more with TinyViT stage features).
     """
 
     def __init__(self, encoder: nn.Module, pooling: str | nn.Module = "avg", head: nn.Module | None = None,
                  num_classes: int = 2, freeze_encoder: bool = True, map_size: int | None = POOLED_MAP_SIZE):
         super().__init__()
         self.encoder = encoder
-        self.classifier = EmbeddingClassifier(pooling, head, num_classes)
+        self.classifier = EmbeddingClassifier(pooling, head, num_classes, getattr(encoder, "out_channels", EMBED_DIM))
         self.map_size = map_size
         self.freeze_encoder = freeze_encoder
 
