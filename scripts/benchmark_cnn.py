@@ -25,6 +25,7 @@ from custom.evaluation.benchmark import (  # noqa: E402
     pick_on_validation,
     train_and_evaluate,
     validation_first_report,
+    vary_variants,
 )
 from custom.io import write_json  # noqa: E402
 
@@ -48,7 +49,7 @@ def main(dataset_dir: str, models="resnet18", seeds="0,1,2", max_epochs: int | N
     unknown = set(models) - set(MODELS)
     if unknown:
         raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from {sorted(MODELS)}")
-    variants = {f"{vary}={v}": ["--" + vary, v] for v in parse_list(values, sep=";")} if vary else {"": []}
+    variants = vary_variants(vary, values)
     summary = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
                "dataset_dir": dataset_dir, "seeds": seeds, "rule": RULE, "runs": {}, "validation": {}, "test": {}}
     for model in models:

@@ -38,6 +38,7 @@ from custom.evaluation.benchmark import (  # noqa: E402
     run_bundle,
     train_and_evaluate,
     validation_first_report,
+    vary_variants,
 )
 from custom.io import write_json  # noqa: E402
 
@@ -107,7 +108,7 @@ def main(dataset_dir: str, cache_dir: str, target_dataset_dir: str | None = None
         raise ValueError("the domain methods need --target_dataset_dir (COVID-19 Radiography layout)")
     if (domains_dir is None) != (domains_datalist is None):
         raise ValueError("--domains_dir and --domains_datalist go together")
-    variants = {f"{vary}={v}": ["--" + vary, v] for v in parse_list(values, sep=";")} if vary else {"": []}
+    variants = vary_variants(vary, values)
     summary = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
                "seeds": seeds, "rule": RULE, "runs": {}, "validation": {}, "test": {}, "target": {}, "domains": {}}
     for method in methods:

@@ -80,7 +80,8 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
         hits, misses = cache.hits, cache.misses
         cache.get_or_compute([item["image"] for item in items], batch_size, device, progress)
         summary["splits"][name] = {"images": len(items), "hits": cache.hits - hits, "misses": cache.misses - misses,
-                                   "failed": len(cache.failed), "failures": cache.failed}
+                                   "failed": len(cache.failed), "failures": cache.failed,
+                                   "lung_fallbacks": cache.lung_fallbacks}
         bad += [(path, stage, reason) for path, (stage, reason) in cache.failed.items()]
         total += len(items)
     bad_files = bad_files or str(Path(cache_dir) / "bad_files.csv")

@@ -343,3 +343,20 @@ def _trained_images(run: Path) -> list[str]:
     parser.read_config([str(ROOT / c) for c in record["configs"]])
     parser.update({"bundle_root": str(ROOT), **parse_overrides(record["args"])})
     return [item["image"] for item in parser.get_parsed_content("train_items")]
+
+
+def test_vary_values_as_fire_passes_them():
+    """`--values` as fire hands it over: a ';'-separated string, or one literal that fire already parsed (a list, an
+    int) and that must stay one value; no value at all is an error, not an empty benchmark."""
+    from custom.evaluation.benchmark import vary_variants
+
+    assert vary_variants(None, "") == {"": []}
+    assert vary_variants("lung_mode", "crop; none") == {"lung_mode=crop": ["--lung_mode", "crop"],
+                                                        "lung_mode=none": ["--lung_mode", "none"]}
+    assert vary_variants("image_size", "[128,128];[224,224]") == {
+        "image_size=[128,128]": ["--image_size", "[128,128]"], "image_size=[224,224]": ["--image_size", "[224,224]"]}
+    assert vary_variants("image_size", [224, 224]) == {"image_size=[224,224]": ["--image_size", "[224,224]"]}
+    assert vary_variants("encoder_feature_stages", []) == {"encoder_feature_stages=[]": ["--encoder_feature_stages", "[]"]}
+    assert vary_variants("max_epochs", 10) == {"max_epochs=10": ["--max_epochs", "10"]}
+    with pytest.raises(ValueError, match="--vary lung_mode needs --values"):
+        vary_variants("lung_mode", " ; ")

@@ -163,6 +163,14 @@ def test_lung_cropped_entries_are_keyed_apart_and_match_the_image_chain(filled, 
         live = F.adaptive_avg_pool2d(lite(inputs), 16)
     assert (maps.float() - live).abs().max() < 1e-2  # float16 storage
     assert (maps.float() - filled.maps[:2].float()).abs().max() > 0.1  # the encoder saw other pixels
+    assert cropped.lung_fallbacks == []
+
+    strict = EmbeddingCache(tmp_path, CountingEncoder(lite), lung_step=LungPreprocessd(
+        "image", LUNG_UNET, mode="crop", min_area=0.9, max_area=0.95))  # no real lung mask is that large: falls back
+    with pytest.warns(UserWarning, match="implausible lung mask"):
+        whole = strict.get_or_compute([NORMAL_1], progress=False)
+    assert strict.lung_fallbacks == [str(NORMAL_1)] and not strict.failed
+    assert (whole.float() - filled.maps[:1].float()).abs().max() < 1e-2  # encoded whole, as without the lung step
 
 
 def test_frozen_config_keys_the_cache_on_the_encoder_keep_aspect_and_lung_overrides(tmp_path):

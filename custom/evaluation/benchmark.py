@@ -45,6 +45,19 @@ def parse_list(value, cast=str, sep: str = ",") -> list:
     return [cast(v) for v in items]
 
 
+def vary_variants(vary: str | None, values) -> dict[str, list[str]]:
+    """``--vary ID --values "a;b"`` -> ``{"ID=a": ["--ID", "a"], ...}`` (``{"": []}`` without `vary`). A `values`
+    that fire read as one literal (``"[1,2]"`` -> a list, ``"5"`` -> an int) is one value, written back compactly;
+    raises ValueError when `vary` has no value."""
+    if not vary:
+        return {"": []}
+    texts = values.split(";") if isinstance(values, str) else [json.dumps(values, separators=(",", ":"))]
+    texts = [text.strip() for text in texts if text.strip()]
+    if not texts:
+        raise ValueError(f"--vary {vary} needs --values (';'-separated), got {values!r}")
+    return {f"{vary}={text}": ["--" + vary, text] for text in texts}
+
+
 def config_arg(files: Sequence[str]) -> str:
     """Config files -> the ``--config_file "['a.json','b.json']"`` value that merges them in order."""
     return "[" + ",".join(f"'{f}'" for f in files) + "]"

@@ -79,7 +79,8 @@ class EmbeddingCache:
     Counters (cumulative): ``hits`` / ``misses``: distinct entries found on disk / not found (then computed, or
     failed: unreadable images are retried on every call); ``corrupt``: bad entries found (they count as misses).
     ``failed`` maps each path of the latest `get_or_compute` call that produced no embedding to (stage, reason):
-    stage "read", "lung", "encoder_preprocess" or "encoder".
+    stage "read", "lung", "encoder_preprocess" or "encoder". ``lung_fallbacks``: the paths that call encoded whole
+    because the lung step found an implausible mask (embedded, but without the crop or mask).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, encoder: nn.Module, variant: str | None = None,
@@ -104,6 +105,7 @@ class EmbeddingCache:
         self.loader = LoadCXR()
         self.hits = self.misses = self.corrupt = 0
         self.failed: dict[str, tuple[str, str]] = {}
+        self.lung_fallbacks: list[str] = []
 
     @property
     def entry_shape(self) -> tuple[int, int, int]:
@@ -131,7 +133,7 @@ class EmbeddingCache:
         Unreadable images are skipped, not fatal: N counts the paths that are not in ``self.failed`` afterwards
         (path -> (stage, reason), also logged). Images with the same bytes share one entry and are encoded once.
         """
-        self.failed = {}
+        self.failed, self.lung_fallbacks = {}, []
         order, found, todo = [], {}, {}  # order: (path, key) of the readable paths, in input order
         for path in map(os.fspath, paths):
             try:
@@ -199,7 +201,9 @@ class EmbeddingCache:
         """(1, W, H) image in any range -> (1, W, H) in [0, 1] after the lung step (an implausible lung mask leaves
         the image as it is, with the lung step's warning naming `path`)."""
         scaled = minmax01(convert_to_tensor(image, dtype=torch.float32, track_meta=False)[None])
-        out, _, _ = self.lung_step.apply(scaled, [path])
+        out, _, statuses = self.lung_step.apply(scaled, [path])
+        if statuses[0] == "fallback":
+            self.lung_fallbacks.append(path)
         return out[0]
 
     def _write(self, key: str, embedding: torch.Tensor, source: str) -> None:
