@@ -1,7 +1,8 @@
 """Build a MONAI model-zoo archive of this bundle: `<name>_v<version>.zip` holding one folder `<name>/`.
 
-The folder has `configs/`, `models/`, `docs/README.md`, `LICENSE`, `custom/` (the configs import it) and
-`large_files.yml`, which lists every large weight file by its path in the bundle, sha256 and size. It names no URL:
+The folder has `configs/`, `models/`, `docs/README.md`, `LICENSE`, `custom/` (the configs import it),
+`data/sample/train` (the radiographs the MedSAM configs calibrate `--encoder_backend openvino-int8` on, 2.2 MB, CC BY
+4.0, with `docs/data_license.txt`) and `large_files.yml`, which lists every large weight file by its path in the bundle, sha256 and size. It names no URL:
 nothing is uploaded, the files travel inside the archive (add `url` entries once they are hosted somewhere). Name and
 version come from `configs/metadata.json`; the version must have a `changelog` entry.
 
@@ -29,7 +30,7 @@ if str(ROOT) not in sys.path:
 from custom.io import atomic_path, file_sha256  # noqa: E402
 from custom.models.export import export_torchscript  # noqa: E402
 
-CONTENT = ("configs", "models", "custom", "docs/README.md", "LICENSE")
+CONTENT = ("configs", "models", "custom", "docs/README.md", "LICENSE", "data/sample/train", "docs/data_license.txt")
 LARGE_FILES_NOTE = """\
 # Large files of this bundle, by their path inside it, sha256 and size in bytes. They are inside this archive;
 # no url is given because none was uploaded anywhere (`monai.bundle download_large_files` does not apply).

@@ -6,6 +6,8 @@ where the CPU has native bf16 OpenVINO bf16, and OpenVINO static int8 matrix pro
 `--calibration_dir`), each with one or two streams), on real preprocessed images, with the
 agreement with eager (max abs difference of CNN probabilities; min cosine of encoder embeddings over all timed
 images). Every path runs one image per call except the two-stream ones, which get all encoder images in one call.
+`--feature_stages 1,2` times the encoder with those TinyViT stages appended to its embedding (the frozen-MedSAM
+configs' `encoder_feature_stages`), exported as such.
 
     OMP_NUM_THREADS=2 python scripts/benchmark_export.py --images ../shared/data/pediatric_cxr/test \
         --encoder_images 16 --results_file docs/results/export_cpu.json
@@ -39,7 +41,8 @@ def _cnn(images: list[str], config: str, ckpt_path: str, workdir: Path, repeats:
                  lambda ref, out: (ref.softmax(1) - out.softmax(1)).abs().max(), repeats)
 
 
-def _encoder(images: list[str], workdir: Path, repeats: int, calibration_dir: str) -> list[dict]:
+def _encoder(images: list[str], workdir: Path, repeats: int, calibration_dir: str,
+             feature_stages: list[int]) -> list[dict]:
     from custom.data.transforms import LoadCXR
     from custom.medsam.encoders import (
         AutocastEncoder,
@@ -50,7 +53,7 @@ def _encoder(images: list[str], workdir: Path, repeats: int, calibration_dir: st
     )
     from custom.models.export import openvino_supports_bf16
 
-    eager = build_encoder("lite")
+    eager = build_encoder("lite", feature_stages=feature_stages)
     load = LoadCXR()
     x = torch.stack([encoder_preprocess(load(p), eager.input_size, eager.keep_aspect) for p in images])
     streams = "ONNX Runtime fp32, 2 streams x half the threads (exact)"
@@ -70,7 +73,8 @@ def _encoder(images: list[str], workdir: Path, repeats: int, calibration_dir: st
         paths[name] = OpenVinoEncoder(eager, workdir / "lite.onnx", bf16=True, streams=streams,
                                       calibration_dir=calibration_dir)
     concurrent = [name for name in paths if "2 streams" in name]
-    return _rows("LiteMedSAM encoder", paths, x, "min cosine",
+    name = f"LiteMedSAM encoder{' + stages ' + ','.join(map(str, feature_stages)) if feature_stages else ''}"
+    return _rows(name, paths, x, "min cosine",
                  lambda ref, out: F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min(), repeats,
                  batches={name: len(x) for name in concurrent})
 
@@ -98,10 +102,11 @@ def _agreement(row: dict, first: bool) -> str:
 
 def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16, encoder_images: int = 8,
          config: str = "configs/inference.json", ckpt_path: str = "models/model.pt", repeats: int = 2,
-         results_file: str | None = None, calibration_dir: str = "data/sample/train") -> None:
+         results_file: str | None = None, calibration_dir: str = "data/sample/train", feature_stages="") -> None:
     """Times `cnn_images` / `encoder_images` real images (sorted, alternating classes) from `images`, best of
     `repeats` passes; `encoder_images 0` skips the encoder. calibration_dir: images the int8 encoder is calibrated on
-    (the configs' default). results_file: JSON path written atomically."""
+    (the configs' default). feature_stages: e.g. "1,2" (TinyViT stages after the embedding; "" = the embedding
+    alone). results_file: JSON path written atomically."""
     from custom.data import inference_items
     from custom.io import write_json
 
@@ -109,10 +114,11 @@ def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16
     normal = [p for p in items if "NORMAL" in p]
     pneumonia = [p for p in items if "NORMAL" not in p]
     mixed = [p for pair in zip(normal, pneumonia) for p in pair]
+    stages = [int(s) for s in str(feature_stages).strip("()[]").split(",") if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         rows = _cnn(mixed[:cnn_images], config, ckpt_path, Path(tmp), repeats)
         if encoder_images > 0:
-            rows += _encoder(mixed[:encoder_images], Path(tmp), repeats, calibration_dir)
+            rows += _encoder(mixed[:encoder_images], Path(tmp), repeats, calibration_dir, stages)
     record = run_record("cpu", packages=("onnxruntime", "openvino"))
     cpu = record["device"]
     print(f"{cpu['cpu']}, {cpu['torch_threads']} threads, {record['date']}, `{record['command']}`\n")
@@ -122,7 +128,7 @@ def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16
         print(f"| {r['model']} | {r['path']} | {r['batch']} | {r['images_per_s']} | {_agreement(r, first)} |")
     result = {**record, "images": images, "cnn_images": len(mixed[:cnn_images]),
               "encoder_images": len(mixed[:encoder_images]) if encoder_images > 0 else 0, "repeats": repeats,
-              "calibration_dir": calibration_dir,
+              "calibration_dir": calibration_dir, "feature_stages": stages,
               "rows": rows}
     print(json.dumps(result))
     if results_file:

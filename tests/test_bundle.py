@@ -291,9 +291,10 @@ def test_medsam_frozen_head_trains_from_embedding_cache(tmp_path):
 def test_shipped_medsam_model_runs_on_images_with_no_other_argument(tmp_path):
     """`models/medsam_head.pt` behind the LiteMedSAM encoder, run on official-test images by the README's command
     alone: the same decisions as its recorded results (cached OpenVINO bfloat16 embeddings) and, on a CPU with native
-    bfloat16 (the encoder then runs as it did for those results), the same probabilities within 0.05 (8e-5 on the
-    AMX CPU of 2026-12-03). Without native bf16 the encoder falls back to float32, and the bf16-trained head moves:
-    P(PNEUMONIA) of IM-0003-0001 0.682 -> 0.905 on the AVX2-only EPYC of 2026-12-04 (model card, Limits)."""
+    bfloat16 (the encoder then runs as it did for those results), the same probabilities within 0.05. Without native
+    bf16 the encoder falls back to float32, and the bf16-trained head moves (IM-0003-0001: P(PNEUMONIA) 0.978 bf16,
+    0.985 float32; up to 0.45 on other official-test images, docs/results/medsam_backend_openvino_test), so only
+    decisions away from the threshold are compared there."""
     recorded = {Path(r["file"]).name: r for r in csv.DictReader(open(ROOT / "docs/results/shipped_medsam_test/test_predictions.csv"))}
     test = SHARED / "pediatric_cxr" / "test"
     images = sorted((test / "NORMAL").glob("*.jpeg"))[:3] + sorted((test / "PNEUMONIA").glob("*.jpeg"))[:3]

@@ -223,7 +223,8 @@ def test_benchmark_medsam_aggregates_source_and_target_metrics_over_seeds(dann):
     args = [sys.executable, "scripts/benchmark_medsam.py", "--dataset_dir", str(SAMPLE), "--cache_dir", str(dann / "cache"),
             "--target_dataset_dir", str(dann / "target"), "--methods", "avg,dann", "--seeds", "0,1",
             "--output_dir", str(output), "--compare_backend", "openvino", "--results_file", str(dann / "medsam.json"),
-            f"--extra=--datalist_file {dann / 'bench_datalist.json'} --max_epochs 1 --batch_size 2 --target_test_fraction 0.34"]
+            f"--extra=--datalist_file {dann / 'bench_datalist.json'} --max_epochs 1 --batch_size 2 --target_test_fraction 0.34"
+            " --encoder_feature_stages []"]  # the frozen head on the embedding alone, as DANN: one cache serves both
     subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
     summary = json.loads((dann / "medsam.json").read_text())
     assert set(summary["test"]) == {"avg", "dann"} and set(summary["target"]) == {"dann"}, "target only for DANN methods"
@@ -261,7 +262,7 @@ def test_benchmark_medsam_compares_values_of_a_config_id_and_scores_every_domain
             "--methods", "avg", "--seeds", "0", "--vary", "lung_mode", "--values", "none;crop",
             "--output_dir", str(tmp_path / "benchmark"), "--results_file", str(tmp_path / "summary.json"),
             "--domains_dir", str(tmp_path), "--domains_datalist", str(tmp_path / "domains.json"),
-            f"--extra=--datalist_file {tmp_path / 'bench.json'} --max_epochs 1 --batch_size 2"]
+            f"--extra=--datalist_file {tmp_path / 'bench.json'} --max_epochs 1 --batch_size 2 --encoder_feature_stages []"]
     result = subprocess.run(args, cwd=ROOT, check=True, capture_output=True, text=True, timeout=900)
     summary = json.loads((tmp_path / "summary.json").read_text())
     options = {"avg/lung_mode=none", "avg/lung_mode=crop"}

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 import package_zoo  # noqa: E402
 
 from custom.io import file_sha256  # noqa: E402
+from custom.medsam.encoders import calibration_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -43,11 +44,16 @@ def test_archive_unpacks_loads_and_predicts(tmp_path):
         names = zf.namelist()
         assert {n.split("/")[0] for n in names} == {name}
         for required in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md",
-                         "LICENSE", "large_files.yml", "custom/__init__.py", "custom/data/transforms.py"):
+                         "LICENSE", "large_files.yml", "custom/__init__.py", "custom/data/transforms.py",
+                         "docs/data_license.txt"):
             assert f"{name}/{required}" in names, required
         assert not [n for n in names if "__pycache__" in n]
         zf.extractall(tmp_path / "zoo")
     bundle = tmp_path / "zoo" / name
+    # the int8 encoder's calibration images travel with it: the same 64 files as in the repository
+    sample = "data/sample/train"
+    assert [p.relative_to(bundle / sample) for p in calibration_files(bundle / sample)] == [
+        p.relative_to(ROOT / sample) for p in calibration_files(ROOT / sample)]
 
     large = (bundle / "large_files.yml").read_text()
     assert "no url is given because none was uploaded" in large

@@ -17,6 +17,7 @@ from ignite.engine import Engine
 from monai.bundle import run
 from monai.handlers import CheckpointSaver
 
+from custom.medsam.encoders import feature_channels
 from custom.medsam.heads import EmbeddingClassifier
 from custom.models.networks import TorchvisionClassifier
 from custom.models.trained_model import (
@@ -118,9 +119,10 @@ def test_wrong_architecture_is_named_with_both_shapes(tmp_path):
 
 def test_head_only_checkpoint_loads_into_the_medsam_classifier_and_other_pooling_is_named(tmp_path):
     torch.manual_seed(0)
-    head = EmbeddingClassifier("avg", num_classes=2)
+    channels = feature_channels((1, 2))  # 736: the MedSAM configs' encoder_feature_stages
+    head = EmbeddingClassifier("avg", num_classes=2, channels=channels)
     path = save_with_training_handler(tmp_path, {"model": head, "operating_point": OperatingPoint(0.42, "youden")})
-    with pytest.raises(ValueError, match=r"pooling\.conv\.0\.weight' \(128, 256, 3, 3\) of the network is missing"):
+    with pytest.raises(ValueError, match=r"pooling\.conv\.0\.weight' \(128, 736, 3, 3\) of the network is missing"):
         load_bundle(ROOT, MEDSAM, ckpt_path=path)  # the default pooling is conv
     model = load_bundle(ROOT, MEDSAM, ckpt_path=path, pooling="avg")
     for name, tensor in head.state_dict().items():
@@ -128,12 +130,12 @@ def test_head_only_checkpoint_loads_into_the_medsam_classifier_and_other_pooling
     assert model.operating_point.threshold == 0.42
     other = tmp_path / "avgmax"
     other.mkdir()
-    path = save_with_training_handler(other, {"model": EmbeddingClassifier("avgmax", num_classes=2),
+    path = save_with_training_handler(other, {"model": EmbeddingClassifier("avgmax", num_classes=2, channels=channels),
                                               "operating_point": OperatingPoint()})
     with pytest.raises(ValueError) as err:
         load_weights(model.network.classifier, path)
     assert str(err.value).startswith(f"{path}: 'model' weights do not fit the network EmbeddingClassifier")
-    assert "in the checkpoint but (" in str(err.value) and "(128, 512)" in str(err.value)
+    assert "in the checkpoint but (" in str(err.value) and f"(128, {2 * channels})" in str(err.value)
 
 
 def test_medsam_configs_load_the_shipped_head_by_default():
@@ -141,6 +143,8 @@ def test_medsam_configs_load_the_shipped_head_by_default():
     assert Path(model.config.get_parsed_content("ckpt_path")).resolve() == ROOT / "models" / "medsam_head.pt"
     assert model.provenance["seed"] == 0 and not model.provenance["git"]["dirty"]
     assert type(model.network.classifier.pooling).__name__ == "ConvAttentionPool"
+    assert model.provenance["config"]["encoder_feature_stages"] == [1, 2]  # the 0.14.0 validation winner
+    assert model.network.classifier.pooling.conv[0].in_channels == feature_channels((1, 2))
 
 
 def test_a_head_trained_on_another_map_size_is_refused_naming_both(tmp_path):
