@@ -73,8 +73,8 @@ def _encoder(images: list[str], workdir: Path, repeats: int, calibration_dir: st
         paths[name] = OpenVinoEncoder(eager, workdir / "lite.onnx", bf16=True, streams=streams,
                                       calibration_dir=calibration_dir)
     concurrent = [name for name in paths if "2 streams" in name]
-    name = f"LiteMedSAM encoder{' + stages ' + ','.join(map(str, feature_stages)) if feature_stages else ''}"
-    return _rows(name, paths, x, "min cosine",
+    model = f"LiteMedSAM encoder{' + stages ' + ','.join(map(str, feature_stages)) if feature_stages else ''}"
+    return _rows(model, paths, x, "min cosine",
                  lambda ref, out: F.cosine_similarity(ref.flatten(1).double(), out.flatten(1).double()).min(), repeats,
                  batches={name: len(x) for name in concurrent})
 
