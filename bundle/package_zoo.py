@@ -2,8 +2,8 @@
 
 The folder has `configs/`, `models/`, `docs/README.md`, `LICENSE`, `custom/` (the configs import it),
 `data/sample/train` (the radiographs the MedSAM configs calibrate `--encoder_backend openvino-int8` on, 2.2 MB, CC BY
-4.0, with `docs/data_license.txt`) and `large_files.yml`, which lists every large weight file by its path in the bundle, sha256 and size. It names no URL:
-nothing is uploaded, the files travel inside the archive (add `url` entries once they are hosted somewhere). Name and
+4.0, with `docs/data_license.txt`) and `large_files.yml`, which lists every large weight file by its path in the
+bundle, sha256 and size. It names no URL: nothing is uploaded, the files travel inside the archive (add `url` entries once they are hosted somewhere). Name and
 version come from `configs/metadata.json`; the version must have a `changelog` entry.
 
     python bundle/package_zoo.py --output_dir dist

@@ -109,12 +109,13 @@ def main(images: str = "../shared/data/pediatric_cxr/test", cnn_images: int = 16
     alone). results_file: JSON path written atomically."""
     from custom.data import inference_items
     from custom.io import write_json
+    from custom.medsam.encoders import parse_feature_stages
 
     items = [it["image"] for it in inference_items(images)]
     normal = [p for p in items if "NORMAL" in p]
     pneumonia = [p for p in items if "NORMAL" not in p]
     mixed = [p for pair in zip(normal, pneumonia) for p in pair]
-    stages = [int(s) for s in str(feature_stages).strip("()[]").split(",") if s.strip()]
+    stages = parse_feature_stages(feature_stages)
     with tempfile.TemporaryDirectory() as tmp:
         rows = _cnn(mixed[:cnn_images], config, ckpt_path, Path(tmp), repeats)
         if encoder_images > 0:

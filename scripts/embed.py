@@ -28,7 +28,7 @@ from custom.data.checks import write_bad_files  # noqa: E402
 from custom.data.datalists import SPLITS, load_datalist  # noqa: E402
 from custom.lung.transforms import LungPreprocessd  # noqa: E402
 from custom.medsam.embedding_cache import EmbeddingCache, Preprocessing  # noqa: E402
-from custom.medsam.encoders import build_encoder  # noqa: E402
+from custom.medsam.encoders import build_encoder, parse_feature_stages  # noqa: E402
 from custom.medsam.heads import POOLED_MAP_SIZE  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main(datalist: str, cache_dir: str = "runs/embeddings", variant: str = "lite
     if unknown:
         raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
     data = load_datalist(datalist, base_dir=base_dir)
-    stages = [int(s) for s in str(feature_stages).strip("()[]").split(",") if s.strip()]
+    stages = parse_feature_stages(feature_stages)
     encoder = build_encoder(variant, checkpoint, backend, streams=streams, calibration_dir=calibration_dir,
                             feature_stages=stages)
     keep_aspect = encoder.keep_aspect if keep_aspect is None else keep_aspect

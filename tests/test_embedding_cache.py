@@ -26,7 +26,7 @@ from custom.medsam.embedding_cache import (
     cached_embedding_datalist,
 )
 from custom.lung.transforms import LungPreprocessd
-from custom.medsam.encoders import build_encoder, encoder_input_transforms
+from custom.medsam.encoders import build_encoder, encoder_input_transforms, parse_feature_stages
 from custom.medsam.heads import EmbeddingClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +189,14 @@ def test_frozen_config_keys_the_cache_on_the_encoder_keep_aspect_and_lung_overri
     assert caches["plain_resize"].preprocessing.keep_aspect is False
     assert caches["default"].lung_step is None and caches["lung_crop"].lung_step.mode == "crop"
     assert len({c.key(NORMAL_1) for c in caches.values()}) == 3
+
+
+@pytest.mark.parametrize("value, stages", [("1,2", [1, 2]), ((1, 2), [1, 2]), (1, [1]), ("[1,2]", [1, 2]),
+                                           ("", []), ("[]", [])])
+def test_command_line_feature_stages_parse_as_fire_hands_them_over(value, stages):
+    """`scripts/embed.py --feature_stages` / `scripts/benchmark_export.py --feature_stages`: fire gives a tuple for
+    "1,2", an int for "1" and the text otherwise."""
+    assert parse_feature_stages(value) == stages
 
 
 def test_stage_feature_entries_hold_every_channel_and_are_keyed_apart(filled, lite, tmp_path):

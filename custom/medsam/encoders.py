@@ -60,6 +60,12 @@ def _image_encoder_state(state: Mapping[str, torch.Tensor], path: Path) -> dict[
     return encoder_state
 
 
+def parse_feature_stages(value) -> list[int]:
+    """A command line's TinyViT stages -> list of ints: "1,2", what fire makes of it ((1, 2), or 1), "[1,2]" or ""
+    (none: the embedding alone)."""
+    return [int(s) for s in str(value).strip("()[]").split(",") if s.strip()]
+
+
 def feature_channels(feature_stages: Sequence[int] = ()) -> int:
     """Channels of an encoder's output map: the 256 of the embedding plus those of each TinyViT stage in
     `feature_stages` (`StageFeatures`)."""
