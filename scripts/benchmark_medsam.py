@@ -9,7 +9,8 @@ the test part of every domain of a datalist with a `domain` field (reported, nev
 (method, variant, seed) runs are reused while their run key matches, so an interrupted benchmark resumes. Writes
 `<output_dir>/summary.json` and prints Markdown tables.
 
-    python scripts/embed.py --datalist kermany.json --cache_dir runs/embeddings --backend onnxruntime  # fill the cache
+    python scripts/embed.py --datalist kermany.json   # fill the cache the frozen heads read (train_medsam_frozen.json)
+    python scripts/embed.py --datalist kermany.json --feature_stages ""   # and the one DANN reads (the embedding)
     python scripts/benchmark_medsam.py --dataset_dir ../shared/data/pediatric_cxr \
         --target_dataset_dir ../shared/data/adult_cxr --cache_dir runs/embeddings --seeds 0,1,2
     python scripts/benchmark_medsam.py --dataset_dir ../shared/data/pediatric_cxr --cache_dir runs/embeddings \

@@ -1,7 +1,8 @@
 """Tests for custom.medsam.embedding_cache with the real LiteMedSAM encoder on real radiographs.
 
-Only 6 images go through the encoder in this file: 3 when the module's cache is filled, 1 when an interrupted write
-is recovered, 2 lung-cropped ones. Every other test works on copies of that cache or only looks entries up.
+Few images go through the encoder in this file: 3 when the module's cache is filled, 1 when an interrupted write
+is recovered, 2 lung-cropped ones, 1 with stage features and 2 by `scripts/embed.py`'s defaults (OpenVINO). Every
+other test works on copies of that cache or only looks entries up.
 """
 
 import shutil
@@ -307,7 +308,9 @@ def test_embed_script_lists_bad_files_and_fails_only_when_nothing_was_embedded(f
     cache_dir = copy_cache(filled, tmp_path)
     items = [{"image": str(p), "label": 0} for p in [NORMAL_1, filled.bad["garbage"], PNEUMONIA]]
     (tmp_path / "datalist.json").write_text(json.dumps({"training": items}))
-    embed.main(str(tmp_path / "datalist.json"), cache_dir=str(cache_dir), splits="training", progress=False)
+    plain_torch = {"backend": "torch", "streams": 1, "feature_stages": ""}  # the module cache's encoder
+    embed.main(str(tmp_path / "datalist.json"), cache_dir=str(cache_dir), splits="training", progress=False,
+               **plain_torch)
     summary = json.loads(capsys.readouterr().out)
     assert summary["splits"]["training"]["hits"] == 2 and summary["splits"]["training"]["failed"] == 1
     with open(cache_dir / "bad_files.csv", newline="") as f:
@@ -318,4 +321,29 @@ def test_embed_script_lists_bad_files_and_fails_only_when_nothing_was_embedded(f
     (tmp_path / "bad.json").write_text(json.dumps({"training": [items[1]]}))
     with pytest.raises(RuntimeError, match=f"none of the 1 image.*reasons in {tmp_path / 'bad.csv'}"):
         embed.main(str(tmp_path / "bad.json"), cache_dir=str(cache_dir), splits="training", progress=False,
-                   bad_files=str(tmp_path / "bad.csv"))
+                   bad_files=str(tmp_path / "bad.csv"), **plain_torch)
+
+
+def test_embed_script_defaults_fill_the_entries_the_frozen_config_trains_on(tmp_path, capsys):
+    """scripts/embed.py with no encoder flag embeds with train_medsam_frozen.json's encoder, stages, map size and lung
+    step, so training with that config finds every entry on disk (no encoding)."""
+    import importlib.util
+    import json
+
+    from custom.models.trained_model import bundle_config
+
+    spec = importlib.util.spec_from_file_location("embed_script", ROOT / "scripts" / "embed.py")
+    embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embed)
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": str(NORMAL_1), "label": 0},
+                                                                     {"image": str(PNEUMONIA), "label": 1}]}))
+    embed.main(str(tmp_path / "datalist.json"), cache_dir=str(tmp_path / "cache"), splits="training", progress=False)
+    summary = json.loads(capsys.readouterr().out)
+    parser = bundle_config(ROOT, ["configs/train.json", "configs/train_medsam_frozen.json"],
+                           cache_dir=str(tmp_path / "cache"))
+    assert summary["backend"] == parser["encoder_backend"] == "openvino-bf16"
+    assert summary["feature_stages"] == parser["encoder_feature_stages"] == [1, 2]
+    assert summary["splits"]["training"]["misses"] == 2
+    cache = parser.get_parsed_content("embedding_cache")
+    maps = cache.get_or_compute([NORMAL_1, PNEUMONIA], progress=False)
+    assert (cache.hits, cache.misses) == (2, 0) and maps.shape == (2, 736, 16, 16)
