@@ -77,7 +77,7 @@ def main(datalist: str, config_file="configs/train_medsam_frozen.json", cache_di
     cache = parser.get_parsed_content("embedding_cache")
     backend = parser.get_parsed_content("encoder_backend")
     device = device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu")
-    summary = {"cache_dir": str(Path(cache.cache_dir).resolve()), "variant": cache.variant, "backend": backend,
+    summary = {"cache_dir": str(cache.cache_dir.resolve()), "variant": cache.variant, "backend": backend,
                "feature_stages": parser.get_parsed_content("encoder_feature_stages"),
                "weights_sha256": cache.fingerprint, "preprocessing": asdict(cache.preprocessing),
                "lung": cache.lung_step.fingerprint() if cache.lung_step else None, "splits": {}}

@@ -295,16 +295,22 @@ def test_supervised_trainer_learns_from_the_cache(filled, lite):
     assert predicted.tolist() == [0, 1, 0]
 
 
+def embed_script():
+    """scripts/embed.py loaded as a module (its `main` is called in-process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("embed_script", ROOT / "scripts" / "embed.py")
+    embed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embed)
+    return embed
+
+
 def test_embed_script_lists_bad_files_and_fails_only_when_nothing_was_embedded(filled, tmp_path, capsys):
     """scripts/embed.py on the module's cache (the good images are hits: no encoding here)."""
     import csv
-    import importlib.util
     import json
 
-    script = ROOT / "scripts" / "embed.py"
-    spec = importlib.util.spec_from_file_location("embed_script", script)
-    embed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(embed)
+    embed = embed_script()
     cache_dir = copy_cache(filled, tmp_path)
     items = [{"image": str(p), "label": 0} for p in [NORMAL_1, filled.bad["garbage"], PNEUMONIA]]
     (tmp_path / "datalist.json").write_text(json.dumps({"training": items}))
@@ -327,14 +333,11 @@ def test_embed_script_lists_bad_files_and_fails_only_when_nothing_was_embedded(f
 def test_embed_script_defaults_fill_the_entries_the_frozen_config_trains_on(tmp_path, capsys):
     """scripts/embed.py with no encoder flag embeds with train_medsam_frozen.json's encoder, stages, map size and lung
     step, so training with that config finds every entry on disk (no encoding)."""
-    import importlib.util
     import json
 
     from custom.models.trained_model import bundle_config
 
-    spec = importlib.util.spec_from_file_location("embed_script", ROOT / "scripts" / "embed.py")
-    embed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(embed)
+    embed = embed_script()
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [{"image": str(NORMAL_1), "label": 0},
                                                                      {"image": str(PNEUMONIA), "label": 1}]}))
     embed.main(str(tmp_path / "datalist.json"), cache_dir=str(tmp_path / "cache"), splits="training", progress=False)
