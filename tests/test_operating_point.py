@@ -3,6 +3,7 @@
 shipped model and real validation images."""
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,10 @@ def test_ensemble_checkpoint_loads_through_the_bundle_and_averages_its_members(e
     assert result["operating_point"] == trained.operating_point.state_dict()
     members = trained.provenance["ensemble_of"]
     assert len(members) == 3 and members[0]["provenance"]["seed"] == 0 and members[1]["provenance"] is None
+    metadata = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert trained.provenance["bundle"]["version"] == metadata["version"]
+    assert trained.provenance["config"] == json.loads((ROOT / "configs" / "ensemble.json").read_text())
+    assert trained.provenance["git"]["commit"] and trained.provenance["versions"]["torch"] == torch.__version__
 
 
 def test_ensemble_members_must_share_a_validation_split(ensemble, tmp_path):

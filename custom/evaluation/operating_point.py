@@ -16,7 +16,11 @@ import torch
 
 from custom.evaluation.metrics import binary_metrics, select_threshold
 from custom.io import atomic_path, file_sha256
+from custom.models.provenance import build_record
 from custom.models.trained_model import OperatingPoint, load_checkpoint
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+ENSEMBLE_CONFIG = "configs/ensemble.json"  # the config that loads an assembled ensemble (recorded in its provenance)
 
 
 def read_predictions(path: str | os.PathLike, positive: str = "PNEUMONIA") -> pd.DataFrame:
@@ -73,8 +77,9 @@ def assemble_ensemble(member_checkpoints: Sequence[str | os.PathLike], member_pr
                       method: str, output: str | os.PathLike, dtype: str = "float16", positive: str = "PNEUMONIA") -> dict:
     """One checkpoint for `ProbabilityEnsemble`: member i's "model" weights under ``members.i.`` (floating tensors
     stored as `dtype` to halve the file; they load into the float32 network), the threshold picked by `method` on the
-    mean of the members' validation `member_predictions`, and the members' provenance. Returns the operating point
-    and the ensemble's validation metrics."""
+    mean of the members' validation `member_predictions`, the members' provenance and how the ensemble was built
+    (`custom.models.provenance.build_record`: commit, command, time, versions, ``configs/ensemble.json``). Returns
+    the operating point and the ensemble's validation metrics."""
     if len(member_checkpoints) != len(member_predictions) or len(member_checkpoints) < 2:
         raise ValueError("give two or more member checkpoints, each with its validation predictions CSV")
     validation = mean_of_members(member_predictions, positive)
@@ -85,6 +90,7 @@ def assemble_ensemble(member_checkpoints: Sequence[str | os.PathLike], member_pr
     point = OperatingPoint(select_threshold(validation["label"], validation["score"], method), method,
                            OperatingPoint.from_checkpoint(members[0]).positive_index)
     checkpoint = {"model": state, "provenance": {
+        **build_record(BUNDLE_ROOT, ENSEMBLE_CONFIG),
         "ensemble_of": [{"checkpoint": str(p), "sha256": file_sha256(p), "provenance": m.get("provenance")}
                         for p, m in zip(member_checkpoints, members)], "weights_dtype": dtype}}
     _record(Path(output), checkpoint, point, member_predictions)

@@ -98,6 +98,26 @@ def git_commit(root: str | os.PathLike = ".") -> dict:
         return {"commit": "unknown", "dirty": None}
 
 
+def environment() -> dict:
+    """Python / torch / MONAI versions and the host (machine, CPU count, GPU name or None)."""
+    return {"versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                         "monai": str(monai.__version__)},
+            "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+
+
+def build_record(bundle_root: str | os.PathLike, config_file: str | os.PathLike) -> dict:
+    """Provenance of a checkpoint assembled from trained ones rather than trained (a seed ensemble): the bundle
+    name and version (``configs/metadata.json``), git commit, code version, command, time, environment, and the
+    config `config_file` (relative to `bundle_root`) that loads it, so the file says how it was made and how to
+    run it."""
+    meta = json.loads(Path(bundle_root, "configs", "metadata.json").read_text())
+    return {"bundle": {"name": meta.get("name"), "version": meta.get("version")}, "git": git_commit(bundle_root),
+            "code_version": code_version(bundle_root), "command": " ".join(["python", *sys.argv]), "built_at": now(),
+            **environment(), "config_file": os.fspath(config_file),
+            "config": json.loads(Path(bundle_root, config_file).read_text())}
+
+
 class Provenance:
     """Checkpointable record of how a model is being trained (module docstring). Put it in the ``save_dict`` of
     every checkpoint saver and in the resume state.
@@ -129,10 +149,8 @@ class Provenance:
             "started_at": now(),
             "saved_at": None,
             "resumed_at": [],
-            "versions": {"python": platform.python_version(), "torch": str(torch.__version__), "monai": str(monai.__version__)},
+            **environment(),
             "device": str(device) if device is not None else None,
-            "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         }
         if init_checkpoint is not None:
             self.record["init_checkpoint"] = {"path": os.fspath(init_checkpoint),
