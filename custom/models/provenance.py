@@ -27,6 +27,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from custom.io import file_sha256
+from custom.models.trained_model import bundle_info
 
 # ids that say where a run reads / writes or how fast and how long it runs, not what it learns: left out of the
 # config hash (the data itself is covered by the datalist hash; `max_epochs` so a finished run can be extended)
@@ -111,8 +112,8 @@ def build_record(bundle_root: str | os.PathLike, config_file: str | os.PathLike)
     name and version (``configs/metadata.json``), git commit, code version, command, time, environment, and the
     config `config_file` (relative to `bundle_root`) that loads it, so the file says how it was made and how to
     run it."""
-    meta = json.loads(Path(bundle_root, "configs", "metadata.json").read_text())
-    return {"bundle": {"name": meta.get("name"), "version": meta.get("version")}, "git": git_commit(bundle_root),
+    bundle = bundle_info(bundle_root)
+    return {"bundle": {"name": bundle["name"], "version": bundle["version"]}, "git": git_commit(bundle_root),
             "code_version": code_version(bundle_root), "command": " ".join(["python", *sys.argv]), "built_at": now(),
             **environment(), "config_file": os.fspath(config_file),
             "config": json.loads(Path(bundle_root, config_file).read_text())}
