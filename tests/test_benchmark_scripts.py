@@ -282,7 +282,7 @@ def test_benchmark_few_labels_curve_results_and_plot(tmp_path, monkeypatch, caps
     out = run_script("benchmark_few_labels.py", "--dataset_dir", SHARED, "--datalist_file", tmp_path / "adult.json",
                      "--pediatric_dir", SAMPLE, "--method", method, "--budgets", "0,2", "--seeds", "0",
                      "--output_dir", tmp_path / "runs",
-                     "--extra=--image_size [64,64] --batch_size 4 --min_epoch_items 4 --train_samples 4 --replay_items 4",
+                     "--extra=--batch_size 4 --min_epoch_items 4 --train_samples 4 --replay_items 4",
                      "--results_file", tmp_path / "few.json", "--plot_file", tmp_path / "few.png",
                      monkeypatch=monkeypatch, capsys=capsys)
     result = json.loads((tmp_path / "few.json").read_text())
@@ -314,7 +314,7 @@ def test_benchmark_adaptation_reports_both_domains_and_decides_on_pediatric_vali
     write_datalist(adult_datalist(per_class=3), tmp_path / "adult.json")
     out = run_script("benchmark_adaptation.py", "--dataset_dir", SHARED, "--datalist_file", tmp_path / "adult.json",
                      "--pediatric_dir", SAMPLE, "--methods", "source,coral,dg", "--seeds", "0",
-                     "--output_dir", tmp_path / "runs", "--extra=--image_size [64,64] --batch_size 4 --epoch_length 2 "
+                     "--output_dir", tmp_path / "runs", "--extra=--batch_size 4 --epoch_length 2 "
                      "--max_epochs 1", "--results_file", tmp_path / "adapt.json", monkeypatch=monkeypatch, capsys=capsys)
     result = json.loads((tmp_path / "adapt.json").read_text())
     check_record(result, "benchmark_adaptation.py")

@@ -36,7 +36,7 @@ def black_png(path: Path) -> Path:
 
 def infer(folder: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--dataset_dir",
-           str(folder), "--output_dir", str(out), "--image_size", "[64,64]", *extra]
+           str(folder), "--output_dir", str(out), *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
