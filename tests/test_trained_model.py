@@ -168,6 +168,28 @@ def test_a_head_trained_on_another_map_size_is_refused_naming_both(tmp_path):
         assert re.search(message, str(err.value.__cause__)), err.value  # the config expression's ValueError
 
 
+def test_a_cnn_runs_only_at_the_image_size_it_was_trained_at(tmp_path):
+    """A ResNet18's weights fit any input size (global pooling): the training run's image_size (provenance) is what
+    tells a 224 px model from a 128 px one. Inference and evaluation refuse the shipped model at another size, naming
+    both; the seed ensemble, whose members were trained at 128 px, runs at 128 px."""
+    model = load_bundle(ROOT, "configs/inference.json")
+    assert model.provenance["config"]["image_size"] == [224, 224] == model.config["image_size"]
+    message = (r"model\.pt: trained with image_size = \[224, 224\], but this config has image_size = \[128, 128\]; "
+               r"run it with --image_size \[224, 224\]")
+    with pytest.raises(ValueError, match=message):
+        load_bundle(ROOT, "configs/inference.json", image_size=[128, 128])
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(next((TEST / "NORMAL").glob("*.jpeg")), images)
+    with pytest.raises(RuntimeError) as err:
+        run(config_file=[str(ROOT / "configs" / c) for c in ("train.json", "evaluate.json")], bundle_root=str(ROOT),
+            ckpt_path=str(ROOT / "models" / "model.pt"), image_size=[128, 128], dataset_dir=str(images),
+            output_dir=str(tmp_path / "out"), meta_file=str(ROOT / "configs" / "metadata.json"),
+            logging_file=str(ROOT / "configs" / "logging.conf"), run_id="evaluating")
+    assert re.search(message, str(err.value.__cause__)), err.value
+    assert load_bundle(ROOT, ["configs/inference.json", "configs/ensemble.json"]).config["image_size"] == [128, 128]
+
+
 def test_a_head_on_lung_cropped_embeddings_runs_behind_the_crop_and_only_there(tmp_path):
     """The MedSAM image configs put the lung step before the encoder when asked (`--lung_mode crop`); the run's
     lung_mode in the head's provenance must match, either way."""
