@@ -100,7 +100,7 @@ def test_domain_items_names_the_domains_it_found():
 
 def test_domain_generalising_augmentation_extends_the_training_chain():
     """configs/augment_domain.json appends appearance transforms to train.json's augmentation; on a real adult image
-    every draw stays a (1, 128, 128) image in [0, 1], and the draws differ."""
+    every draw stays a (1, H, W) image of the config's image_size in [0, 1], and the draws differ."""
     from tests.test_adabn import adult_datalist
 
     parser = bundle_config(ROOT, [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "augment_domain.json")],
@@ -112,7 +112,7 @@ def test_domain_generalising_augmentation_extends_the_training_chain():
     chain.set_random_state(0)
     image = adult_datalist(per_class=1)["training"][0]["image"]
     draws = [chain({"image": image})["image"] for _ in range(6)]
-    assert all(d.shape == (1, 128, 128) and 0 <= d.min() and d.max() <= 1 for d in draws)
+    assert all(d.shape == (1, *parser["image_size"]) and 0 <= d.min() and d.max() <= 1 for d in draws)
     assert len({round(float(d.mean()), 5) for d in draws}) == 6
 
 

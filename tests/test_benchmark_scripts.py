@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bundle.deploy.predict import bundle_parser
 from custom.evaluation.metrics import binary_metrics
 from custom.evaluation.timing import cpu_model, run_record
 
@@ -77,7 +78,7 @@ def test_benchmark_inference_results_file(tmp_path, monkeypatch, capsys):
     result = written_and_printed(tmp_path / "results" / "inference.json", out)
     check_record(result, "benchmark_inference.py")
     assert result["device"]["used"] == "cpu"
-    assert result["images"] == 4 and result["input_shape"] == [1, 128, 128]
+    assert result["images"] == 4 and result["input_shape"] == [1, *bundle_parser(ROOT)["image_size"]]
     combos = [("torch", "float32"), ("openvino", "float32"), ("openvino", "int8")]
     expected = [("end-to-end", mode, lung, path, None, *combo)
                 for mode, lungs in (("crop", lung_models), ("none", (None,))) for lung in lungs
