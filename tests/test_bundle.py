@@ -122,8 +122,8 @@ def test_finetune_starts_from_the_init_checkpoint_on_a_label_budget(tmp_path):
     """configs/finetune.json: the weights start from the shipped pediatric model (one step at lr 1e-4 leaves them
     within a few per cent of it), and the training part is the budget's items, repeated to min_epoch_items."""
     result = bundle("run", "training", "--config_file", "['configs/train.json','configs/finetune.json']",
-                    "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"),
-                    "--batch_size", "16", "--label_budget", "4", "--min_epoch_items", "16", "--train_samples", "16", "--make_plots", "False")
+                    "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"), "--batch_size", "16",
+                    "--label_budget", "4", "--min_epoch_items", "16", "--train_samples", "16", "--make_plots", "False")
     assert "Epoch[1] Complete" in result.stdout + result.stderr and "Epoch[2]" not in result.stdout + result.stderr
     tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     shipped = torch.load(ROOT / "models" / "model_pediatric.pt", map_location="cpu", weights_only=True)["model"]

@@ -53,9 +53,14 @@ load, SIZE = _shipped_preprocessing()
 
 
 @pytest.fixture(scope="module")
-def resnet():
+def checkpoint() -> dict:
+    return torch.load(MODEL, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def resnet(checkpoint):
     net = TorchvisionClassifier("resnet18", in_channels=1, num_classes=2)
-    net.load_state_dict(torch.load(MODEL, map_location="cpu", weights_only=True)["model"])
+    net.load_state_dict(checkpoint["model"])
     return net.eval()
 
 
@@ -65,10 +70,10 @@ def images():
 
 
 @pytest.mark.parametrize("method", ["gradcam", "cam"])
-def test_shipped_model_saliency_shape_range_and_image_dependence(resnet, images, method):
+def test_shipped_model_saliency_shape_range_and_image_dependence(checkpoint, resnet, images, method):
     with torch.inference_mode():  # as inside an evaluator: the maps must still get gradients
-        decided = OperatingPoint.from_checkpoint(torch.load(MODEL, map_location="cpu", weights_only=True))
-        assert decided.decide(resnet(images).softmax(1)).tolist() == [0, 1]  # both right at the shipped threshold
+        decided = OperatingPoint.from_checkpoint(checkpoint).decide(resnet(images).softmax(1))
+        assert decided.tolist() == [0, 1]  # both images are classified correctly at the shipped threshold
         maps = Saliency(resnet, method)(images, [0, 1])  # each explained for its class, as the handler does
     assert maps.shape == (2, 1, SIZE, SIZE)
     assert not maps.requires_grad and type(maps) is torch.Tensor

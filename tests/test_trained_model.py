@@ -147,6 +147,20 @@ def test_medsam_configs_load_the_shipped_head_by_default():
     assert model.network.classifier.pooling.conv[0].in_channels == feature_channels((1, 2))
 
 
+def refused_bundle_run(tmp_path: Path, configs: list[str], **overrides) -> str:
+    """Runs the bundle's own workflow (`run` for inference.json, else `evaluating`) on one real test image and returns
+    the message of the ValueError its config expressions raised (the test fails if the run does not fail)."""
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    shutil.copy(next((TEST / "NORMAL").glob("*.jpeg")), images)
+    with pytest.raises(RuntimeError) as err:
+        run(config_file=[str(ROOT / c) for c in configs], bundle_root=str(ROOT), dataset_dir=str(images),
+            output_dir=str(tmp_path / "out"), meta_file=str(ROOT / "configs" / "metadata.json"),
+            logging_file=str(ROOT / "configs" / "logging.conf"),
+            run_id="run" if "configs/inference.json" in configs else "evaluating", **overrides)
+    return str(err.value.__cause__)
+
+
 def test_a_head_trained_on_another_map_size_is_refused_naming_both(tmp_path):
     """The weights of a head fit any map size: the training run's map_size (provenance) is what tells them apart."""
     checkpoint = load_checkpoint(ROOT / "models" / "medsam_head.pt")
@@ -156,16 +170,10 @@ def test_a_head_trained_on_another_map_size_is_refused_naming_both(tmp_path):
     with pytest.raises(ValueError, match=message):
         load_bundle(ROOT, MEDSAM, ckpt_path=tmp_path / "head8.pt")
     load_bundle(ROOT, MEDSAM, ckpt_path=tmp_path / "head8.pt", map_size=8)  # its own setting loads
-    images = tmp_path / "images"
-    images.mkdir()
-    shutil.copy(next((TEST / "NORMAL").glob("*.jpeg")), images)
     for configs in (MEDSAM, ["configs/train.json", "configs/train_medsam_frozen.json", "configs/evaluate.json"]):
-        with pytest.raises(RuntimeError) as err:  # the bundle's own runs: inference and evaluation
-            run(config_file=[str(ROOT / c) for c in configs], bundle_root=str(ROOT), ckpt_path=str(tmp_path / "head8.pt"),
-                dataset_dir=str(images), output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
-                meta_file=str(ROOT / "configs" / "metadata.json"), logging_file=str(ROOT / "configs" / "logging.conf"),
-                run_id="run" if "configs/inference.json" in configs else "evaluating")
-        assert re.search(message, str(err.value.__cause__)), err.value  # the config expression's ValueError
+        refusal = refused_bundle_run(tmp_path, configs, ckpt_path=str(tmp_path / "head8.pt"),
+                                     cache_dir=str(tmp_path / "cache"))
+        assert re.search(message, refusal), refusal
 
 
 def test_a_cnn_runs_only_at_the_image_size_it_was_trained_at(tmp_path):
@@ -178,15 +186,9 @@ def test_a_cnn_runs_only_at_the_image_size_it_was_trained_at(tmp_path):
                r"run it with --image_size \[224, 224\]")
     with pytest.raises(ValueError, match=message):
         load_bundle(ROOT, "configs/inference.json", image_size=[128, 128])
-    images = tmp_path / "images"
-    images.mkdir()
-    shutil.copy(next((TEST / "NORMAL").glob("*.jpeg")), images)
-    with pytest.raises(RuntimeError) as err:
-        run(config_file=[str(ROOT / "configs" / c) for c in ("train.json", "evaluate.json")], bundle_root=str(ROOT),
-            ckpt_path=str(ROOT / "models" / "model.pt"), image_size=[128, 128], dataset_dir=str(images),
-            output_dir=str(tmp_path / "out"), meta_file=str(ROOT / "configs" / "metadata.json"),
-            logging_file=str(ROOT / "configs" / "logging.conf"), run_id="evaluating")
-    assert re.search(message, str(err.value.__cause__)), err.value
+    refusal = refused_bundle_run(tmp_path, ["configs/train.json", "configs/evaluate.json"],
+                                 ckpt_path=str(ROOT / "models" / "model.pt"), image_size=[128, 128])
+    assert re.search(message, refusal), refusal
     assert load_bundle(ROOT, ["configs/inference.json", "configs/ensemble.json"]).config["image_size"] == [128, 128]
 
 
