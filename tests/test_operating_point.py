@@ -70,7 +70,9 @@ def ensemble(tmp_path_factory):
 
 def test_ensemble_checkpoint_loads_through_the_bundle_and_averages_its_members(ensemble):
     path, mean_score, result, preprocessing = ensemble
-    trained = load_bundle(ROOT, ["configs/inference.json", "configs/ensemble.json"], path, precision="float32")
+    trained_at = load_checkpoint(SHIPPED)["provenance"]["config"]["image_size"]
+    trained = load_bundle(ROOT, ["configs/inference.json", "configs/ensemble.json"], path, precision="float32",
+                          image_size=trained_at)
     x = torch.stack([preprocessing({"image": str(p)})["image"].as_tensor() for p in IMAGES])
     probs = trained.probabilities(x).numpy()
     assert np.abs(probs[:, 1] - mean_score).max() < 2e-3  # members stored as float16
@@ -81,7 +83,8 @@ def test_ensemble_checkpoint_loads_through_the_bundle_and_averages_its_members(e
     assert len(members) == 3 and members[0]["provenance"]["seed"] == 0 and members[1]["provenance"] is None
     metadata = json.loads((ROOT / "configs" / "metadata.json").read_text())
     assert trained.provenance["bundle"]["version"] == metadata["version"]
-    assert trained.provenance["config"] == json.loads((ROOT / "configs" / "ensemble.json").read_text())
+    assert trained.provenance["config"] == {**json.loads((ROOT / "configs" / "ensemble.json").read_text()),
+                                            "image_size": trained_at}
     assert trained.provenance["git"]["commit"] and trained.provenance["versions"]["torch"] == torch.__version__
 
 
@@ -91,3 +94,19 @@ def test_ensemble_members_must_share_a_validation_split(ensemble, tmp_path):
     table.write_text("\n".join(rows[:-1]) + "\n")  # one image fewer
     with pytest.raises(ValueError, match="other.csv: other images"):
         assemble_ensemble([SHIPPED, SHIPPED], [ensemble[0].parent / "p0.csv", table], "youden", tmp_path / "x.pt")
+
+
+def test_an_ensemble_runs_only_at_its_members_image_size(ensemble, tmp_path):
+    """The members' training image size goes into the ensemble's provenance, so a config at another size is refused;
+    members trained at different sizes are not assembled."""
+    path = ensemble[0]
+    with pytest.raises(ValueError, match=r"model\.pt: trained with image_size = \[224, 224\], but this "
+                                         r"config has image_size = \[128, 128\]"):
+        load_bundle(ROOT, ["configs/inference.json", "configs/ensemble.json"], path, image_size=[128, 128])
+    other = load_checkpoint(SHIPPED)
+    other["provenance"]["config"]["image_size"] = [128, 128]
+    torch.save(other, tmp_path / "at128.pt")
+    with pytest.raises(ValueError, match=r"at128\.pt: trained with image_size = \[128, 128\], but .*model\.pt with "
+                                         r"\[224, 224\]: ensemble members must share"):
+        assemble_ensemble([SHIPPED, tmp_path / "at128.pt"], [path.parent / "p0.csv", path.parent / "p1.csv"], "youden",
+                          tmp_path / "x.pt")

@@ -17,7 +17,7 @@ import torch
 from custom.evaluation.metrics import binary_metrics, select_threshold
 from custom.io import atomic_path, file_sha256
 from custom.models.provenance import build_record
-from custom.models.trained_model import OperatingPoint, load_checkpoint
+from custom.models.trained_model import OperatingPoint, as_json, load_checkpoint
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 ENSEMBLE_CONFIG = "configs/ensemble.json"  # the config that loads an assembled ensemble (recorded in its provenance)
@@ -42,6 +42,24 @@ def mean_of_members(paths: Sequence[str | os.PathLike], positive: str = "PNEUMON
         if not frame["file"].equals(frames[0]["file"]) or not frame["label"].equals(frames[0]["label"]):
             raise ValueError(f"{path}: other images than {paths[0]}: ensemble members must share one validation split")
     return frames[0].assign(score=np.mean([f["score"] for f in frames], axis=0))
+
+
+def members_trained_with(paths: Sequence[str | os.PathLike], members: Sequence[dict]) -> dict:
+    """The config values the ensemble members were trained with that a config's ``trained_with`` checks (the ids
+    their own training configs list there, e.g. ``image_size``) -> one dict for the ensemble's provenance config.
+    Members without provenance add nothing; two members trained with different values raise ValueError naming
+    both files, the id and both values."""
+    agreed, first = {}, {}
+    for path, member in zip(paths, members):
+        config = (member.get("provenance") or {}).get("config") or {}
+        for name in config.get("trained_with") or {}:
+            value = config.get(name)
+            if name in agreed and as_json(agreed[name]) != as_json(value):
+                raise ValueError(f"{path}: trained with {name} = {value!r}, but {first[name]} with {agreed[name]!r}: "
+                                 "ensemble members must share every trained_with value")
+            agreed.setdefault(name, value)
+            first.setdefault(name, path)
+    return agreed
 
 
 def _record(path: Path, checkpoint: dict, operating_point: OperatingPoint, predictions: Sequence, **what) -> dict:
@@ -78,8 +96,9 @@ def assemble_ensemble(member_checkpoints: Sequence[str | os.PathLike], member_pr
     """One checkpoint for `ProbabilityEnsemble`: member i's "model" weights under ``members.i.`` (floating tensors
     stored as `dtype` to halve the file; they load into the float32 network), the threshold picked by `method` on the
     mean of the members' validation `member_predictions`, the members' provenance and how the ensemble was built
-    (`custom.models.provenance.build_record`: commit, command, time, versions, ``configs/ensemble.json``). Returns
-    the operating point and the ensemble's validation metrics."""
+    (`custom.models.provenance.build_record`: commit, command, time, versions, ``configs/ensemble.json``, whose
+    config is recorded with the members' shared `members_trained_with` values, so a config run at another image
+    size is refused). Returns the operating point and the ensemble's validation metrics."""
     if len(member_checkpoints) != len(member_predictions) or len(member_checkpoints) < 2:
         raise ValueError("give two or more member checkpoints, each with its validation predictions CSV")
     validation = mean_of_members(member_predictions, positive)
@@ -89,8 +108,10 @@ def assemble_ensemble(member_checkpoints: Sequence[str | os.PathLike], member_pr
              for i, member in enumerate(members) for name, t in member["model"].items()}
     point = OperatingPoint(select_threshold(validation["label"], validation["score"], method), method,
                            OperatingPoint.from_checkpoint(members[0]).positive_index)
+    record = build_record(BUNDLE_ROOT, ENSEMBLE_CONFIG)
+    record["config"] = {**record["config"], **members_trained_with(member_checkpoints, members)}
     checkpoint = {"model": state, "provenance": {
-        **build_record(BUNDLE_ROOT, ENSEMBLE_CONFIG),
+        **record,
         "ensemble_of": [{"checkpoint": str(p), "sha256": file_sha256(p), "provenance": m.get("provenance")}
                         for p, m in zip(member_checkpoints, members)], "weights_dtype": dtype}}
     _record(Path(output), checkpoint, point, member_predictions)

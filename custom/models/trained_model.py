@@ -104,13 +104,13 @@ def check_trained_with(checkpoint: str | os.PathLike | dict, expected: dict | No
         stored = trained.get(name)
         if stored is None or (isinstance(stored, str) and stored[:1] in ("$", "@", "%")):
             continue
-        if _as_json(stored) != _as_json(value):
+        if as_json(stored) != as_json(value):
             raise ValueError(f"{source or 'checkpoint'}: trained with {name} = {stored!r}, but this config has "
                              f"{name} = {value!r}; run it with --{name} {stored!r} (its training setting) or retrain")
     return checkpoint
 
 
-def _as_json(value):
+def as_json(value):
     """A tuple as the list a config read from JSON holds."""
     return list(value) if isinstance(value, tuple) else value
 
