@@ -11,7 +11,7 @@ Example (from the repo root):
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino-int8   # fastest on an AVX-512 CPU
     python scripts/embed.py --datalist datalists/kermany.json --backend openvino --lung_mode crop   # exact, lung box
     python scripts/embed.py --datalist datalists/kermany.json --variant vit_b --checkpoint medsam_vit_b.pth \
-        --backend torch --streams 1 --feature_stages "" --device cuda --splits training,validation
+        --backend torch --feature_stages "" --device cuda --splits training,validation
 """
 
 import json

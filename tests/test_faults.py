@@ -100,7 +100,7 @@ def test_embedding_cache_killed_with_sigkill_leaves_no_corrupt_entry(tmp_path):
     cache_dir = tmp_path / "cache"
     cmd = [sys.executable, "scripts/embed.py", "--datalist", str(tmp_path / "tiny.json"), "--cache_dir", str(cache_dir),
            "--splits", "training", "--batch_size", "1", "--progress", "False", "--device", "cpu",
-           "--backend", "torch", "--streams", "1", "--feature_stages", ""]
+           "--backend", "torch", "--feature_stages", ""]  # 1 stream: the default for eager
     kill_when(start(cmd, tmp_path / "killed.log"), lambda: any(cache_dir.glob("??/*.pt")), tmp_path / "killed.log")
 
     entries = list(cache_dir.glob("??/*.pt"))

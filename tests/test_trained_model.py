@@ -22,6 +22,7 @@ from custom.medsam.heads import EmbeddingClassifier
 from custom.models.networks import TorchvisionClassifier
 from custom.models.trained_model import (
     OperatingPoint,
+    bundle_config,
     bundle_info,
     is_positive,
     load_bundle,
@@ -145,6 +146,16 @@ def test_medsam_configs_load_the_shipped_head_by_default():
     assert type(model.network.classifier.pooling).__name__ == "ConvAttentionPool"
     assert model.provenance["config"]["encoder_feature_stages"] == [1, 2]  # the 0.14.0 validation winner
     assert model.network.classifier.pooling.conv[0].in_channels == feature_channels((1, 2))
+
+
+def test_medsam_configs_run_eager_encoders_on_one_stream_without_being_told():
+    """Concurrent sessions exist only for ONNX Runtime / OpenVINO: the MedSAM configs default to 2 streams there and
+    to 1 for the eager backends, so ``--encoder_backend torch`` alone builds the encoder (the head loads on it)."""
+    for configs in (MEDSAM, ["configs/train.json", "configs/train_medsam_frozen.json"]):
+        assert bundle_config(ROOT, configs).get_parsed_content("encoder_streams") == 2
+        assert bundle_config(ROOT, configs, encoder_backend="torch-bf16").get_parsed_content("encoder_streams") == 1
+    model = load_bundle(ROOT, MEDSAM, encoder_backend="torch")
+    assert type(model.network.encoder).__name__ == "LiteMedSAMEncoder"  # eager: no sessions to run concurrently
 
 
 def refused_bundle_run(tmp_path: Path, configs: list[str], **overrides) -> str:
