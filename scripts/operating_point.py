@@ -42,5 +42,6 @@ def ensemble(method: str, output: str, option_dir: str | None = None, seeds="0,1
         [*checkpoints, *(r / "models" / "model.pt" for r in runs)],
         [*predictions, *(predictions_file(r, "validation") for r in runs)], method, output, dtype)))
 
+
 if __name__ == "__main__":
     fire.Fire({"reselect": reselect, "ensemble": ensemble})
