@@ -2,15 +2,19 @@
 image, compared with each model alone over seeds, on one shared validation split.
 
 `a` and `b` are run folders of the benchmark scripts with ``{seed}`` in place of the seed
-(`<run>/eval_validation/validation_predictions.csv`, `<run>/eval/test_predictions.csv`); every run must have scored
-the same images (one `split_seed`). Per seed, each of a, b and the fusion gets its threshold by `method` (Platt, the
-shipped rule) on validation. The winner is the highest mean validation ROC-AUC over seeds (printed with the result);
+(`<run>/eval_validation/validation_predictions.csv`, `<run>/eval/test_predictions.csv`), or ``{split: predictions
+CSV}`` for one seed (e.g. the evaluations of shipped models under `docs/results/`); every run must have scored the
+same images (one `split_seed`). `domain` restricts both splits to the images of one domain (the CSVs' ``domain``
+column, as `evaluate.json` writes it for a datalist of several domains). Per seed, each of a, b and the fusion gets
+its threshold by `method` (Platt, the shipped rule) on validation. The winner is the highest mean validation ROC-AUC over seeds (printed with the result);
 a paired patient bootstrap of the fusion against the better single model (by validation) is recorded per seed on
 both splits, and the fusion counts as worth a second model only if its validation gain clears that interval on
 every seed; test metrics at the validation thresholds are reported after, never used for a choice.
 
     python scripts/benchmark_fusion.py --a "runs/bench_protocol/resnet18/max_epochs=5/seed{seed}" \
         --b "runs/benchmark_medsam/conv/seed{seed}" --seeds 0,1,2 --results_file docs/results/fusion_cnn_medsam.json
+    python scripts/benchmark_fusion.py --a "{validation: <csv>, test: <csv>}" --b "{validation: <csv>, test: <csv>}" \
+        --seeds 0 --domain adult --results_file ...
 """
 
 import datetime
@@ -37,14 +41,19 @@ GAIN_RULE = ("the fusion is worth its second model only if it wins and, on every
              "of its validation ROC-AUC gain over the better single model lies above 0")
 
 
-def _seed_study(runs: dict, positive: str, method: str, n_boot: int) -> dict:
-    """Validation and test metrics of each model of `runs` ({name: run folder}) and their fusion at thresholds
-    picked on validation, and the paired bootstrap of the fusion against the better single model."""
-    paths = {split: [predictions_file(run, split) for run in runs.values()] for split in SPLITS}
-    tables = {split: {name: read_predictions(path, positive) for name, path in zip(runs, paths[split])}
+def _predictions(run: str | dict, split: str, seed: int) -> Path:
+    """The predictions CSV of `split` for `run`: a benchmark run folder with ``{seed}``, or ``{split: CSV path}``."""
+    return Path(run[split]) if isinstance(run, dict) else predictions_file(run.format(seed=seed), split)
+
+
+def _seed_study(runs: dict, seed: int, positive: str, method: str, n_boot: int, domain: str | None) -> dict:
+    """Validation and test metrics of each model of `runs` ({name: run folder or {split: CSV}}) and their fusion at
+    thresholds picked on validation, and the paired bootstrap of the fusion against the better single model."""
+    paths = {split: [_predictions(run, split, seed) for run in runs.values()] for split in SPLITS}
+    tables = {split: {name: read_predictions(path, positive, domain) for name, path in zip(runs, paths[split])}
               for split in SPLITS}
-    for split in SPLITS:
-        tables[split]["fusion"] = mean_of_members(paths[split], positive)  # checks: same images, same labels
+    for split in SPLITS:  # checks: same images, same labels
+        tables[split]["fusion"] = mean_of_members(paths[split], positive, domain)
     out = {}
     for name, validation in tables["validation"].items():
         threshold = select_threshold(validation["label"], validation["score"], method)
@@ -60,12 +69,17 @@ def _seed_study(runs: dict, positive: str, method: str, n_boot: int) -> dict:
     return out
 
 
-def main(a: str, b: str, seeds="0,1,2", names="a,b", positive: str = "PNEUMONIA", method: str = "platt",
-         n_boot: int = 2000, results_file: str | None = None) -> None:
-    """a, b: run folders with ``{seed}``; names: what to call them in the results (e.g. ``cnn,medsam``)."""
+def main(a: str | dict, b: str | dict, seeds="0,1,2", names="a,b", positive: str = "PNEUMONIA",
+         method: str = "platt", n_boot: int = 2000, domain: str | None = None, results_file: str | None = None) -> None:
+    """a, b: run folders with ``{seed}``, or ``{validation: CSV, test: CSV}`` (one seed); names: what to call them in
+    the results (e.g. ``cnn,medsam``); domain: score only that domain's images (thresholds fitted on its validation
+    part)."""
     seeds, names = parse_list(seeds, int), parse_list(names)
-    studies = {f"seed{seed}": _seed_study({names[0]: a.format(seed=seed), names[1]: b.format(seed=seed)},
-                                          positive, method, n_boot) for seed in seeds}
+    for run in (a, b):
+        if isinstance(run, dict) and (set(run) != set(SPLITS) or len(seeds) != 1):
+            raise ValueError(f"{run}: prediction files need one key per split {list(SPLITS)} and a single seed")
+    studies = {f"seed{seed}": _seed_study({names[0]: a, names[1]: b}, seed, positive, method, n_boot, domain)
+               for seed in seeds}
     models = [*names, "fusion"]
     summary = {split: {m: {k: spread([s[m][split][k] for s in studies.values()]) for k in REPORTED} for m in models}
                for split in SPLITS}
@@ -73,8 +87,9 @@ def main(a: str, b: str, seeds="0,1,2", names="a,b", positive: str = "PNEUMONIA"
     clear_gain = winner == "fusion" and all(
         s["paired_fusion_minus_best_single"]["validation"]["roc_auc"]["low"] > 0 for s in studies.values())
     write_json({"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
-                "seeds": seeds, "runs": {names[0]: a, names[1]: b}, "threshold_method": method, "rule": RULE,
-                "winner": winner, "gain_rule": GAIN_RULE, "fusion_worth_it": clear_gain, **summary, "per_seed": studies}, results_file or "fusion.json")
+                "seeds": seeds, "runs": {names[0]: a, names[1]: b}, "domain": domain, "threshold_method": method,
+                "rule": RULE, "winner": winner, "gain_rule": GAIN_RULE, "fusion_worth_it": clear_gain, **summary,
+                "per_seed": studies}, results_file or "fusion.json")
     for split in SPLITS:
         print(f"\n{split.capitalize()} ({'decides' if split == 'validation' else 'reported, never used for a choice'}):")
         print("| model | " + " | ".join(REPORTED) + " |\n|---|" + "---|" * len(REPORTED))

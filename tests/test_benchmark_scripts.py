@@ -271,6 +271,42 @@ def test_benchmark_fusion_averages_the_two_models_and_decides_on_validation(tmp_
                    "--results_file", tmp_path / "fusion2.json", monkeypatch=monkeypatch, capsys=capsys)
 
 
+def test_benchmark_fusion_scores_one_domain_of_prediction_files(tmp_path, monkeypatch, capsys):
+    """Real two-domain predictions (the 224 px joint and pediatric CNNs on pediatric + adult images) named as
+    {split: CSV}: --domain adult scores the 288 adult images of each split and nothing else."""
+    sources = {"joint": {"validation": "shipped_joint_224_validation", "test": "shipped_joint_224_test"},
+               "pediatric": {"validation": "shipped_model_domains_validation", "test": "shipped_model_domains"}}
+    for name, folders in sources.items():
+        for split, folder in folders.items():
+            table = pd.read_csv(ROOT / "docs" / "results" / folder / f"{split}_predictions.csv")
+            table.to_csv(tmp_path / f"{name}_{split}.csv", index=False)
+    files = {name: json.dumps({split: str(tmp_path / f"{name}_{split}.csv") for split in ("validation", "test")})
+             for name in sources}
+    args = ["--a", files["joint"], "--b", files["pediatric"], "--names", "joint,pediatric", "--seeds", "0",
+            "--n_boot", "20"]
+    run_script("benchmark_fusion.py", *args, "--domain", "adult", "--results_file", tmp_path / "adult.json",
+               monkeypatch=monkeypatch, capsys=capsys)
+    result = json.loads((tmp_path / "adult.json").read_text())
+    assert result["domain"] == "adult"
+    seed = result["per_seed"]["seed0"]
+    for split in ("validation", "test"):
+        a, b = (pd.read_csv(tmp_path / f"{m}_{split}.csv").query("domain == 'adult'").sort_values("file")
+                for m in ("joint", "pediatric"))
+        assert len(a) == 288 and seed["paired_fusion_minus_best_single"][split]["n_groups"] == 288
+        for name, table in (("joint", a), ("pediatric", b)):
+            alone = binary_metrics((table["true_label"] == "PNEUMONIA").to_numpy(), table["prob_PNEUMONIA"].to_numpy(),
+                                   seed[name]["validation"]["threshold"])
+            assert seed[name][split]["roc_auc"] == pytest.approx(alone["roc_auc"])
+        fused = binary_metrics((a["true_label"] == "PNEUMONIA").to_numpy(),
+                               (a["prob_PNEUMONIA"].to_numpy() + b["prob_PNEUMONIA"].to_numpy()) / 2,
+                               seed["fusion"]["validation"]["threshold"])
+        assert seed["fusion"][split]["roc_auc"] == pytest.approx(fused["roc_auc"])
+    with pytest.raises(ValueError, match=r"joint_validation\.csv: no predictions of domain 'adults' "
+                                         r"\(its domains: \['adult', 'pediatric'\]\)"):
+        run_script("benchmark_fusion.py", *args, "--domain", "adults", "--results_file", tmp_path / "none.json",
+                   monkeypatch=monkeypatch, capsys=capsys)
+
+
 @pytest.mark.parametrize("method", ["finetune", "joint"])
 def test_benchmark_few_labels_curve_results_and_plot(tmp_path, monkeypatch, capsys, method):
     """3 + 3 images per part of the real adult split, the embedded pediatric sample: budget 0 (the shipped model as

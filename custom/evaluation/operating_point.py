@@ -23,21 +23,29 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 ENSEMBLE_CONFIG = "configs/ensemble.json"  # the config that loads an assembled ensemble (recorded in its provenance)
 
 
-def read_predictions(path: str | os.PathLike, positive: str = "PNEUMONIA") -> pd.DataFrame:
+def read_predictions(path: str | os.PathLike, positive: str = "PNEUMONIA", domain: str | None = None
+                     ) -> pd.DataFrame:
     """A predictions CSV (`custom.evaluation.report.ClassificationReport`, with true labels) -> columns file, label
-    (1 = `positive`), score (P(positive)), sorted by file."""
+    (1 = `positive`), score (P(positive)), sorted by file. `domain`: keep only the rows of that domain (the CSV's
+    ``domain`` column); ValueError naming the file if it has no such column or no row of that domain."""
     table = pd.read_csv(path)
-    missing = {"file", "true_label", f"prob_{positive}"} - set(table.columns)
+    missing = {"file", "true_label", f"prob_{positive}", *(["domain"] if domain else [])} - set(table.columns)
     if missing:
         raise ValueError(f"{path}: not a labelled predictions CSV (missing columns {sorted(missing)})")
+    if domain:
+        found = sorted(table["domain"].astype(str).unique())
+        table = table[table["domain"] == domain]
+        if table.empty:
+            raise ValueError(f"{path}: no predictions of domain '{domain}' (its domains: {found})")
     return pd.DataFrame({"file": table["file"], "label": (table["true_label"] == positive).astype(int),
                          "score": table[f"prob_{positive}"]}).sort_values("file", ignore_index=True)
 
 
-def mean_of_members(paths: Sequence[str | os.PathLike], positive: str = "PNEUMONIA") -> pd.DataFrame:
+def mean_of_members(paths: Sequence[str | os.PathLike], positive: str = "PNEUMONIA", domain: str | None = None
+                    ) -> pd.DataFrame:
     """The members' validation predictions averaged per image (the ensemble's P(positive)); the members must have
-    scored the same images (one `split_seed`), else ValueError naming the odd one."""
-    frames = [read_predictions(p, positive) for p in paths]
+    scored the same images (one `split_seed`), else ValueError naming the odd one. `domain`: as `read_predictions`."""
+    frames = [read_predictions(p, positive, domain) for p in paths]
     for path, frame in zip(paths[1:], frames[1:]):
         if not frame["file"].equals(frames[0]["file"]) or not frame["label"].equals(frames[0]["label"]):
             raise ValueError(f"{path}: other images than {paths[0]}: ensemble members must share one validation split")
