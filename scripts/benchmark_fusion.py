@@ -6,10 +6,11 @@ image, compared with each model alone over seeds, on one shared validation split
 CSV}`` for one seed (e.g. the evaluations of shipped models under `docs/results/`); every run must have scored the
 same images (one `split_seed`). `domain` restricts both splits to the images of one domain (the CSVs' ``domain``
 column, as `evaluate.json` writes it for a datalist of several domains). Per seed, each of a, b and the fusion gets
-its threshold by `method` (Platt, the shipped rule) on validation. The winner is the highest mean validation ROC-AUC over seeds (printed with the result);
-a paired patient bootstrap of the fusion against the better single model (by validation) is recorded per seed on
-both splits, and the fusion counts as worth a second model only if its validation gain clears that interval on
-every seed; test metrics at the validation thresholds are reported after, never used for a choice.
+its threshold by `method` (Platt, the shipped rule) on validation. The winner is the highest mean validation
+ROC-AUC over seeds (printed with the result); a paired patient bootstrap of the fusion against the better single
+model (by validation) is recorded per seed on both splits, and the fusion counts as worth a second model only if its
+validation gain clears that interval on every seed; test metrics at the validation thresholds are reported after,
+never used for a choice.
 
     python scripts/benchmark_fusion.py --a "runs/bench_protocol/resnet18/max_epochs=5/seed{seed}" \
         --b "runs/benchmark_medsam/conv/seed{seed}" --seeds 0,1,2 --results_file docs/results/fusion_cnn_medsam.json

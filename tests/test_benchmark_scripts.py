@@ -305,6 +305,10 @@ def test_benchmark_fusion_scores_one_domain_of_prediction_files(tmp_path, monkey
                                          r"\(its domains: \['adult', 'pediatric'\]\)"):
         run_script("benchmark_fusion.py", *args, "--domain", "adults", "--results_file", tmp_path / "none.json",
                    monkeypatch=monkeypatch, capsys=capsys)
+    with pytest.raises(ValueError, match=r"prediction files need one key per split \['validation', 'test'\] and a "
+                                         r"single seed"):
+        run_script("benchmark_fusion.py", *args[:-4], "--seeds", "0,1", "--results_file", tmp_path / "none.json",
+                   monkeypatch=monkeypatch, capsys=capsys)
 
 
 @pytest.mark.parametrize("method", ["finetune", "joint"])
