@@ -26,34 +26,18 @@ from custom.evaluation.metrics import (  # noqa: E402
     bootstrap_intervals,
     paired_bootstrap,
 )
+from custom.evaluation.operating_point import labelled_predictions  # noqa: E402
 from custom.evaluation.report_html import build_report  # noqa: E402
 from custom.evaluation.timing import run_record  # noqa: E402
 from custom.io import write_json  # noqa: E402
 from custom.models.trained_model import load_checkpoint  # noqa: E402
 
 
-def _labelled(predictions: str, positive: str, domain: str | None = None) -> pd.DataFrame:
-    """A predictions CSV (file, prob_<class>..., predicted_label, true_label) checked for labels and `positive`;
-    with `domain`, only its rows (the `domain` column of a two-domain evaluation)."""
-    table = pd.read_csv(predictions)
-    if "true_label" not in table:
-        raise ValueError(f"{predictions}: no true_label column (unlabelled predictions)")
-    if f"prob_{positive}" not in table:
-        raise ValueError(f"{predictions}: no prob_{positive} column")
-    if domain is not None:
-        if "domain" not in table:
-            raise ValueError(f"{predictions}: no domain column (not a two-domain evaluation)")
-        table = table[table["domain"] == domain].reset_index(drop=True)
-        if table.empty:
-            raise ValueError(f"{predictions}: no rows of domain {domain!r}")
-    return table
-
-
 def threshold(predictions: str, threshold: float = 0.5, positive: str = "PNEUMONIA",
               results_file: str | None = None) -> None:
     """Prints the binary metrics of a predictions CSV (file, prob_<class>..., true_label) at `threshold`;
     `results_file` also gets them, atomically, after the date, command, device and versions."""
-    table = _labelled(predictions, positive)
+    table = labelled_predictions(predictions, positive)
     result = binary_metrics((table["true_label"] == positive).to_numpy(), table[f"prob_{positive}"].to_numpy(), threshold)
     if results_file is not None:
         write_json({**run_record(packages=("scikit-learn",)), "predictions": predictions, "positive": positive,
@@ -72,7 +56,7 @@ def bootstrap(predictions: str, threshold: float, other: str | None = None, othe
         kermany_patient_id,  # imports torch + MONAI (~10 s): only for this command
     )
 
-    table = _labelled(predictions, positive, domain)
+    table = labelled_predictions(predictions, positive, domain)
     labels = (table["true_label"] == positive).to_numpy()
     scores = table[f"prob_{positive}"].to_numpy()
     groups = table["file"].map(kermany_patient_id).to_numpy()
@@ -81,7 +65,7 @@ def bootstrap(predictions: str, threshold: float, other: str | None = None, othe
     else:
         if other_threshold is None:
             raise ValueError("--other needs --other_threshold")
-        second = _labelled(other, positive, domain)
+        second = labelled_predictions(other, positive, domain)
         files, other_files = set(table["file"]), set(second["file"])
         if files != other_files or len(files) != len(table) or len(other_files) != len(second):
             raise ValueError(f"{predictions} and {other} must list the same files once each: {len(table)} and "

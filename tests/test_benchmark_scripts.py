@@ -301,7 +301,7 @@ def test_benchmark_fusion_scores_one_domain_of_prediction_files(tmp_path, monkey
                                (a["prob_PNEUMONIA"].to_numpy() + b["prob_PNEUMONIA"].to_numpy()) / 2,
                                seed["fusion"]["validation"]["threshold"])
         assert seed["fusion"][split]["roc_auc"] == pytest.approx(fused["roc_auc"])
-    with pytest.raises(ValueError, match=r"joint_validation\.csv: no predictions of domain 'adults' "
+    with pytest.raises(ValueError, match=r"joint_validation\.csv: no rows of domain 'adults' "
                                          r"\(its domains: \['adult', 'pediatric'\]\)"):
         run_script("benchmark_fusion.py", *args, "--domain", "adults", "--results_file", tmp_path / "none.json",
                    monkeypatch=monkeypatch, capsys=capsys)

@@ -23,20 +23,30 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 ENSEMBLE_CONFIG = "configs/ensemble.json"  # the config that loads an assembled ensemble (recorded in its provenance)
 
 
-def read_predictions(path: str | os.PathLike, positive: str = "PNEUMONIA", domain: str | None = None
-                     ) -> pd.DataFrame:
-    """A predictions CSV (`custom.evaluation.report.ClassificationReport`, with true labels) -> columns file, label
-    (1 = `positive`), score (P(positive)), sorted by file. `domain`: keep only the rows of that domain (the CSV's
-    ``domain`` column); ValueError naming the file if it has no such column or no row of that domain."""
+def labelled_predictions(path: str | os.PathLike, positive: str = "PNEUMONIA", domain: str | None = None
+                         ) -> pd.DataFrame:
+    """A predictions CSV (`custom.evaluation.report.ClassificationReport`: file, prob_<class>..., true_label) as
+    written, checked for the columns a labelled binary reading needs; with `domain`, only its rows (the ``domain``
+    column of a two-domain evaluation). ValueError naming the file for a missing column or a domain without rows."""
     table = pd.read_csv(path)
-    missing = {"file", "true_label", f"prob_{positive}", *(["domain"] if domain else [])} - set(table.columns)
+    missing = {"file", "true_label", f"prob_{positive}"} - set(table.columns)
     if missing:
         raise ValueError(f"{path}: not a labelled predictions CSV (missing columns {sorted(missing)})")
-    if domain:
-        found = sorted(table["domain"].astype(str).unique())
-        table = table[table["domain"] == domain]
-        if table.empty:
-            raise ValueError(f"{path}: no predictions of domain '{domain}' (its domains: {found})")
+    if domain is None:
+        return table
+    if "domain" not in table:
+        raise ValueError(f"{path}: no domain column (not a two-domain evaluation)")
+    rows = table[table["domain"] == domain].reset_index(drop=True)
+    if rows.empty:
+        raise ValueError(f"{path}: no rows of domain {domain!r} (its domains: "
+                         f"{sorted(table['domain'].astype(str).unique())})")
+    return rows
+
+
+def read_predictions(path: str | os.PathLike, positive: str = "PNEUMONIA", domain: str | None = None
+                     ) -> pd.DataFrame:
+    """`labelled_predictions` -> columns file, label (1 = `positive`), score (P(positive)), sorted by file."""
+    table = labelled_predictions(path, positive, domain)
     return pd.DataFrame({"file": table["file"], "label": (table["true_label"] == positive).astype(int),
                          "score": table[f"prob_{positive}"]}).sort_values("file", ignore_index=True)
 
