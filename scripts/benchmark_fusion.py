@@ -29,12 +29,13 @@ from custom.data.datalists import kermany_patient_id  # noqa: E402
 from custom.evaluation.benchmark import (  # noqa: E402
     REPORTED,
     SPLITS,
+    format_spread,
     parse_list,
     predictions_file,
     spread,
 )
 from custom.evaluation.metrics import binary_metrics, paired_bootstrap, select_threshold  # noqa: E402
-from custom.evaluation.operating_point import mean_of_members, read_predictions  # noqa: E402
+from custom.evaluation.operating_point import average_predictions, read_predictions  # noqa: E402
 from custom.io import write_json  # noqa: E402
 
 RULE = "highest mean validation ROC-AUC over seeds"
@@ -54,7 +55,7 @@ def _seed_study(runs: dict, seed: int, positive: str, method: str, n_boot: int, 
     tables = {split: {name: read_predictions(path, positive, domain) for name, path in zip(runs, paths[split])}
               for split in SPLITS}
     for split in SPLITS:  # checks: same images, same labels
-        tables[split]["fusion"] = mean_of_members(paths[split], positive, domain)
+        tables[split]["fusion"] = average_predictions(list(tables[split].values()), paths[split])
     out = {}
     for name, validation in tables["validation"].items():
         threshold = select_threshold(validation["label"], validation["score"], method)
@@ -95,8 +96,7 @@ def main(a: str | dict, b: str | dict, seeds="0,1,2", names="a,b", positive: str
         print(f"\n{split.capitalize()} ({'decides' if split == 'validation' else 'reported, never used for a choice'}):")
         print("| model | " + " | ".join(REPORTED) + " |\n|---|" + "---|" * len(REPORTED))
         for m in models:
-            print(f"| {m} | " + " | ".join(f"{summary[split][m][k]['mean']:.3f} ± {summary[split][m][k]['std']:.3f}"
-                                           for k in REPORTED) + " |")
+            print(f"| {m} | " + " | ".join(format_spread(summary[split][m][k], len(seeds)) for k in REPORTED) + " |")
         if split == "validation":
             print(f"Rule: {RULE} -> winner: {winner}")
             print(f"Rule: {GAIN_RULE} -> {'yes' if clear_gain else 'no'}")

@@ -102,14 +102,14 @@ def test_benchmark_inference_results_file(tmp_path, monkeypatch, capsys):
         assert abs(approximate["roc_auc"] - approximate["roc_auc_reference"]) < 0.05
 
 
-def test_markdown_table_counts_the_runs_behind_each_row():
+def test_markdown_table_counts_the_runs_behind_each_row_and_shows_a_spread_only_over_several():
     from custom.evaluation.benchmark import markdown_table, mean_std
 
     rows = {"source": mean_std([{"roc_auc": 0.72}], ("roc_auc",)),
             "dann": mean_std([{"roc_auc": v} for v in (0.70, 0.71, 0.75)], ("roc_auc",)),
             "written before counts": {"roc_auc": {"mean": 0.8, "std": 0.01}}}
     lines = markdown_table(rows, 3, ("roc_auc",)).splitlines()
-    assert lines[2] == "| source | 1 | 0.720 ± 0.000 |"
+    assert lines[2] == "| source | 1 | 0.720 |"  # no spread to show for one run
     assert lines[3] == "| dann | 3 | 0.720 ± 0.026 |"
     assert lines[4] == "| written before counts | 3 | 0.800 ± 0.010 |"
 

@@ -168,12 +168,19 @@ def pick_on_validation(validation: Mapping[str, Mapping]) -> str:
     return max(close, key=lambda o: validation[o]["accuracy"]["mean"])
 
 
+def format_spread(stats: Mapping, runs: int, digits: int = 3) -> str:
+    """A `spread` as ``mean ± std``, or the mean alone when one run stands behind it (its count ``n``; `runs` for
+    spreads written before they recorded it)."""
+    mean = f"{stats['mean']:.{digits}f}"
+    return mean if stats.get("n", runs) == 1 else f"{mean} ± {stats['std']:.{digits}f}"
+
+
 def markdown_table(rows: Mapping[str, Mapping], seeds: int, keys: Sequence[str] = REPORTED) -> str:
-    """Markdown table, one row per name: ``mean ± std`` of each key from `mean_std` results, and the number of runs
+    """Markdown table, one row per name: `format_spread` of each key from `mean_std` results, and the number of runs
     behind the row (its `spread` count; `seeds` for results written before spreads recorded it)."""
     lines = [f"| run | seeds | {' | '.join(keys)} |", f"|---|---|{'---|' * len(keys)}"]
     for name, stats in rows.items():
-        cells = " | ".join(f"{stats[k]['mean']:.3f} ± {stats[k]['std']:.3f}" for k in keys)
+        cells = " | ".join(format_spread(stats[k], seeds) for k in keys)
         lines.append(f"| {name} | {stats[keys[0]].get('n', seeds)} | {cells} |")
     return "\n".join(lines)
 

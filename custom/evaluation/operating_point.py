@@ -51,15 +51,21 @@ def read_predictions(path: str | os.PathLike, positive: str = "PNEUMONIA", domai
                          "score": table[f"prob_{positive}"]}).sort_values("file", ignore_index=True)
 
 
-def mean_of_members(paths: Sequence[str | os.PathLike], positive: str = "PNEUMONIA", domain: str | None = None
-                    ) -> pd.DataFrame:
-    """The members' validation predictions averaged per image (the ensemble's P(positive)); the members must have
-    scored the same images (one `split_seed`), else ValueError naming the odd one. `domain`: as `read_predictions`."""
-    frames = [read_predictions(p, positive, domain) for p in paths]
+def average_predictions(frames: Sequence[pd.DataFrame], paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """Per-image mean P(positive) of the `read_predictions` tables `frames` (read from `paths`); they must have
+    scored the same images with the same labels (one `split_seed`), else ValueError naming the odd file."""
     for path, frame in zip(paths[1:], frames[1:]):
         if not frame["file"].equals(frames[0]["file"]) or not frame["label"].equals(frames[0]["label"]):
-            raise ValueError(f"{path}: other images than {paths[0]}: ensemble members must share one validation split")
+            raise ValueError(f"{path}: other images than {paths[0]}: averaged predictions must come from one "
+                             "validation split")
     return frames[0].assign(score=np.mean([f["score"] for f in frames], axis=0))
+
+
+def mean_of_members(paths: Sequence[str | os.PathLike], positive: str = "PNEUMONIA", domain: str | None = None
+                    ) -> pd.DataFrame:
+    """The members' predictions averaged per image (the ensemble's P(positive)), as `average_predictions`.
+    `domain`: as `read_predictions`."""
+    return average_predictions([read_predictions(p, positive, domain) for p in paths], paths)
 
 
 def members_trained_with(paths: Sequence[str | os.PathLike], members: Sequence[dict]) -> dict:
