@@ -122,7 +122,8 @@ def main(datalist_file: str, base_dir: str | None = None, cnn_ckpt: str = "model
             print(f"{split} ({'cross-fitted, decides' if split == 'validation' else 'refitted, reported only'}):")
             print("| probe on | " + " | ".join(REPORTED) + " |\n|---|" + "---|" * len(REPORTED))
             for p in probes:
-                print(f"| {p} | " + " | ".join(format_spread(summary[split][p][k], len(seeds)) for k in REPORTED) + " |")
+                cells = " | ".join(format_spread(summary[split][p][k], len(seeds)) for k in REPORTED)
+                print(f"| {p} | {cells} |")
         print(f"Rule: {RULE} -> {winner}\nRule: {GAIN_RULE} -> {'yes' if worth else 'no'}")
     write_json({**run_record(), "datalist_file": datalist_file, "datalist_sha256": file_sha256(datalist_file),
                 "models": {name: {"configs": configs, "ckpt": ckpt, "ckpt_sha256": file_sha256(ckpt)}
