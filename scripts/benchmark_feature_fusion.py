@@ -22,6 +22,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from custom.data.datalists import load_datalist  # noqa: E402
+from custom.data.domains import check_domains  # noqa: E402
 from custom.evaluation.benchmark import REPORTED, SPLITS, format_spread, parse_list, spread  # noqa: E402
 from custom.evaluation.feature_fusion import (  # noqa: E402
     bundle_features,
@@ -39,14 +40,6 @@ GAIN_RULE = ("the concatenation is worth its second model only if it wins and, o
              "bootstrap interval of its cross-fitted validation ROC-AUC gain over the better single-model probe lies "
              "above 0")
 FUSED = "concatenated"
-
-
-def _check_both_classes(parts: dict, domain: str, datalist_file: str) -> None:
-    """ValueError naming the datalist, the domain and the split when a part ({split: items}) lacks a class."""
-    for split, part in parts.items():
-        if len({it["label"] for it in part}) < 2:
-            raise ValueError(f"{datalist_file}: the {split} part of domain {domain!r} needs both classes, has labels "
-                             f"{sorted({it['label'] for it in part})}")
 
 
 def _domain_study(features: dict, labels: dict, groups: dict, seeds, folds: int, inner_folds: int, method: str,
@@ -87,9 +80,8 @@ def main(datalist_file: str, base_dir: str | None = None, cnn_ckpt: str = "model
     items = {split: datalist.get(split) or [] for split in SPLITS}
     names = parse_list(domains) if domains else sorted({item_domain(it) for it in items["validation"]})
     models = {"cnn": (parse_list(cnn_configs), cnn_ckpt), "medsam": (parse_list(medsam_configs), medsam_ckpt)}
-    for domain in names:  # before any feature is computed
-        _check_both_classes({split: [it for it in items[split] if item_domain(it) == domain] for split in SPLITS},
-                            domain, datalist_file)
+    check_domains({split: [it for it in items[split] if item_domain(it) in names] for split in SPLITS}, datalist_file,
+                  required=names)  # before any feature is computed
     everything = [it for split in SPLITS for it in items[split] if item_domain(it) in names]
     by_model = {name: bundle_features(REPO_ROOT, [str(REPO_ROOT / c) for c in configs], ckpt, everything,
                                       batch_size, **overrides)
@@ -101,7 +93,7 @@ def main(datalist_file: str, base_dir: str | None = None, cnn_ckpt: str = "model
                          and all(str(it["image"]) in f for f in by_model.values())] for split in SPLITS}
         left_out[domain] = {split: sum(item_domain(it) == domain for it in items[split]) - len(parts[split])
                             for split in SPLITS}
-        _check_both_classes(parts, domain, datalist_file)
+        check_domains(parts, datalist_file, required=[domain])
         features = {name: {split: np.stack([f[str(it["image"])] for it in parts[split]]) for split in SPLITS}
                     for name, f in by_model.items()}
         features[FUSED] = {split: np.hstack([features[name][split] for name in models]) for split in SPLITS}

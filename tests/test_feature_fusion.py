@@ -104,6 +104,7 @@ def test_feature_fusion_refuses_a_domain_part_with_one_class_before_computing_fe
     datalist = json.loads(_datalist(tmp_path / "datalist.json").read_text())
     datalist["test"] = [it for it in datalist["test"] if not (it["domain"] == "adult" and it["label"] == 1)]
     (tmp_path / "one_class.json").write_text(json.dumps(datalist))
-    with pytest.raises(ValueError, match=r"one_class\.json: the test part of domain 'adult' needs both classes"):
+    with pytest.raises(ValueError, match=r"one_class\.json: datalist not usable: 'test': domain\(s\) \['adult'\] "
+                                         r"hold one class only"):
         _run(tmp_path / "one_class.json", tmp_path / "x.json", tmp_path / "cache", monkeypatch)
     assert not (tmp_path / "cache").exists()
